@@ -1,0 +1,285 @@
+"""The ``umbif`` command line: a thin Typer layer that parses options and calls one library
+function per command. Heavy modules are imported inside the commands so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from umbif import __version__
+
+app = typer.Typer(
+    name="umbif",
+    help=(
+        "UMBIF: build and use a brain-MRI foundation model from your own routine scans.\n\n"
+        "Data path: `umbif ingest` (files -> manifest), `umbif manifest validate|summary`, "
+        "`umbif preprocess` (manifest -> fast exam cache)."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,
+)
+ingest_app = typer.Typer(
+    help="Build a manifest from image files on disk (one adapter per layout).", no_args_is_help=True
+)
+manifest_app = typer.Typer(help="Check and describe a manifest (CSV or Parquet).", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(manifest_app, name="manifest")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"umbif {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """UMBIF command line."""
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option(help="Folder the manifest's paths are relative to (default: the manifest's own folder)."),
+]
+
+
+def _read_manifest(path: Path, root: Path | None):
+    from umbif.data.manifest import Manifest
+
+    try:
+        return Manifest.read(path, root)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+
+
+# ---------------------------------------------------------------------------------------- manifest
+@manifest_app.command("validate")
+def manifest_validate(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file (.csv or .parquet).")],
+    root: RootOption = None,
+    no_files: Annotated[
+        bool, typer.Option("--no-files", help="Skip the check that every file exists.")
+    ] = False,
+) -> None:
+    """Report every problem of a manifest with its row and column; exit 1 if any is an error.
+
+    Checks: required columns filled, duplicate exam_id, exams without a sequence, paths leaving
+    the manifest's root, missing files, label values outside their set, non-numeric timepoints.
+    """
+    from umbif.data.manifest import errors, validate
+
+    table = _read_manifest(manifest, root)
+    problems = validate(table, check_files=not no_files)
+    for problem in problems:
+        style = "red" if problem.severity == "error" else "yellow"
+        out.print(f"[{style}]{problem}[/]", highlight=False)
+    n_errors = len(errors(problems))
+    summary = f"{len(table)} exams, {n_errors} errors, {len(problems) - n_errors} warnings"
+    if n_errors:
+        _fail(f"{manifest}: {summary}; fix the rows above and validate again")
+    out.print(f"[green]ok[/]: {manifest}: {summary}")
+
+
+@manifest_app.command("summary")
+def manifest_summary(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file (.csv or .parquet).")],
+    root: RootOption = None,
+) -> None:
+    """Print exams and patients per site, sequence availability and label balance as tables."""
+    from umbif.data.manifest import summarize
+
+    tables = summarize(_read_manifest(manifest, root))
+    out.print(_rich_table(tables["sites"].reset_index(), "Exams per site and sequence availability"))
+    out.print(_rich_table(tables["labels"], "Label balance (positive / negative class)"))
+
+
+def _rich_table(frame, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in frame.columns:
+        table.add_column(str(column), justify="left" if frame[column].dtype == object else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    return table
+
+
+# ------------------------------------------------------------------------------------------ ingest
+OutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Manifest to write (.csv or .parquet); default ROOT/manifest.csv. Must be in ROOT or above it.",
+    ),
+]
+SiteOption = Annotated[
+    str | None, typer.Option(help="Site name for every exam (default: ROOT's folder name).")
+]
+LabelsOption = Annotated[
+    Path | None,
+    typer.Option(help="CSV of labels to join (columns idh, mgmt, codeletion_1p19q, outcome, optional site)."),
+]
+SubjectOption = Annotated[str, typer.Option(help="Column of the labels CSV that holds the subject id.")]
+JoinOption = Annotated[str, typer.Option(help="Join the labels CSV on 'patient' or 'exam' ids.")]
+AliasOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--aliases", help="YAML with extra sequence names and names to ignore (see docs/ingest.md)."
+    ),
+]
+
+
+def _write_ingested(report, root: Path, out_path: Path | None) -> None:
+    from umbif.data.manifest import PathEscapeError, errors, validate
+
+    for problem in report.problems:
+        console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+    target = out_path or root / "manifest.csv"
+    try:
+        manifest = report.manifest.relocate(target.parent)
+    except PathEscapeError as err:
+        _fail(str(err))
+    manifest.write(target)
+    n_errors = len(errors(validate(manifest)))
+    out.print(
+        f"wrote {target}: {len(manifest)} exams, {len(report.problems)} files or rows reported"
+        + (f", {n_errors} validation errors (run `umbif manifest validate {target}`)" if n_errors else "")
+    )
+    if n_errors:
+        raise typer.Exit(1)
+
+
+def _aliases(path: Path | None):
+    from umbif.config import AliasConfig
+    from umbif.data.sequences import alias_table
+
+    config = AliasConfig.from_yaml(path) if path else AliasConfig()
+    return alias_table(config.aliases, config.ignore)
+
+
+@ingest_app.command("folder")
+def ingest_folder(
+    root: Annotated[Path, typer.Argument(help="Folder with one sub-folder per exam (or patient/exam).")],
+    out_path: OutOption = None,
+    site: SiteOption = None,
+    labels: LabelsOption = None,
+    subject_column: SubjectOption = "subject",
+    join_on: JoinOption = "patient",
+    aliases: AliasOption = None,
+) -> None:
+    """Build a manifest from a plain folder layout.
+
+    Each folder that holds NIfTI files is an exam; its files are placed by name through the alias
+    table (`t1`, `T1n`, `t1ce`, `T1GD`, `t2w`, `t2f`, `FLAIR`, `seg`, `brain_mask`, ...). With
+    ROOT/patient/exam/ folders, the patient is the first level and exams are ordered by name.
+    Files that cannot be placed are reported, never guessed.
+    """
+    from umbif.data.sources.folder import ingest_folder as run
+
+    report = run(
+        root,
+        table=_aliases(aliases),
+        site=site,
+        labels=labels,
+        subject_column=subject_column,
+        join_on=join_on,
+    )
+    _write_ingested(report, root, out_path)
+
+
+@ingest_app.command("brats")
+def ingest_brats(
+    root: Annotated[Path, typer.Argument(help="BraTS 2021 or 2023 training/validation folder.")],
+    out_path: OutOption = None,
+    site: SiteOption = None,
+    labels: LabelsOption = None,
+    subject_column: SubjectOption = "subject",
+    join_on: JoinOption = "patient",
+) -> None:
+    """Build a manifest from a BraTS layout.
+
+    2021: `BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz`;
+    2023: `BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz`
+    (the trailing -000 is the timepoint of patient 00000).
+    """
+    from umbif.data.sources.brats import ingest_brats as run
+
+    report = run(root, site=site, labels=labels, subject_column=subject_column, join_on=join_on)
+    _write_ingested(report, root, out_path)
+
+
+# -------------------------------------------------------------------------------------- preprocess
+@app.command("preprocess")
+def preprocess(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file (.csv or .parquet).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Cache folder (created; reused on reruns).")],
+    root: RootOption = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML with preprocessing settings (see configs/preprocess.yaml).")
+    ] = None,
+    spacing: Annotated[
+        float | None, typer.Option(help="Isotropic output voxel size in mm (default 2).")
+    ] = None,
+    shape: Annotated[str | None, typer.Option(help="Output grid as XxYxZ voxels (default 96x96x96).")] = None,
+    workers: Annotated[int, typer.Option(help="Processes working in parallel.")] = 1,
+    shard: Annotated[
+        str, typer.Option(help="Only this part of the exams, as i/n (cluster array jobs).")
+    ] = "0/1",
+) -> None:
+    """Preprocess every exam into a fast, memory-mappable cache.
+
+    Per exam: read NIfTI and check the header, resample all sequences to one RAS grid, brain mask
+    (from the manifest or automatic), z-score inside the mask, crop/pad around the brain, float16.
+    Exams already cached with the same settings and files are skipped; a failing exam is listed in
+    CACHE/quarantine.csv and the others go on. Exit code 1 when any exam failed.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from umbif.config import PreprocessConfig
+    from umbif.data.cache import Shard, run_preprocess
+
+    try:
+        settings = PreprocessConfig.from_yaml(config).to_dict() if config else {}
+        if spacing is not None:
+            settings["spacing"] = (spacing, spacing, spacing)
+        if shape is not None:
+            settings["shape"] = tuple(int(n) for n in shape.lower().split("x"))
+        settings_obj = PreprocessConfig.model_validate(settings)
+        shard_obj = Shard.parse(shard)
+    except ValueError as err:
+        _fail(f"bad settings: {err}")
+    table = _read_manifest(manifest, root)
+    columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("exams", total=None)
+        report = run_preprocess(
+            table,
+            out_dir,
+            settings_obj,
+            workers=workers,
+            shard=shard_obj,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    for failure in report.failures:
+        console.print(f"[red]quarantined[/] {failure.exam_id}: {failure.reason}", highlight=False)
+    summary = f"{report.done} preprocessed, {report.skipped} already cached, {len(report.failures)} failed"
+    if report.failures:
+        _fail(
+            f"{summary}; see {out_dir / 'quarantine.csv'}, fix those files and rerun (finished exams are kept)"
+        )
+    out.print(f"[green]done[/]: {summary} -> {out_dir}")

@@ -1,0 +1,84 @@
+"""Typed, frozen configs. Each default carries a comment; configs load from YAML and are saved
+beside every output (see ``umbif.provenance``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class FrozenConfig(BaseModel):
+    """Base for configs: immutable, unknown keys rejected (a typo in YAML is an error, not ignored)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> FrozenConfig:
+        """Load a config from a YAML file; missing keys take their defaults."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+        return cls.model_validate(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Stable short hash of the config's values (key order does not matter)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class PreprocessConfig(FrozenConfig):
+    """How an exam becomes a cache entry. Every field changes the output, so all of them enter the
+    cache fingerprint: change one and the affected exams are rebuilt."""
+
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)  # output voxel size in mm (RAS axes)
+    shape: tuple[int, int, int] = (96, 96, 96)  # output grid, cropped/padded around the brain centre
+    max_voxels: int = 512 * 512 * 512  # refuse input volumes larger than this (corrupt headers)
+    min_spacing_mm: float = 0.1  # refuse voxel sizes below this (header in metres/microns?)
+    max_spacing_mm: float = 12.0  # refuse voxel sizes (slice thickness) above this
+    nonfinite: str = "error"  # voxels that are NaN/inf: "error" quarantines the exam, "zero" sets them to 0
+    zero_outside_mask: bool = True  # set voxels outside the brain mask to 0 after z-scoring
+    min_overlap: float = 0.5  # a sequence must cover this fraction of the reference field of view
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError(f"spacing must be positive, got {v}")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 8:
+            raise ValueError(f"shape must be at least 8 voxels per axis, got {v}")
+        return v
+
+    @field_validator("nonfinite")
+    @classmethod
+    def _nonfinite_policy(cls, v: str) -> str:
+        if v not in ("error", "zero"):
+            raise ValueError(f"nonfinite must be 'error' or 'zero', got {v!r}")
+        return v
+
+
+class AliasConfig(FrozenConfig):
+    """Extra names for the canonical sequences and masks, added to the built-in alias table.
+
+    Example YAML::
+
+        aliases:
+          t1c: [mprage_gd, t1_post]
+          flair: [dark_fluid]
+        ignore: [adc, dwi, swi]
+    """
+
+    aliases: dict[str, list[str]] = Field(default_factory=dict)  # canonical name -> extra aliases
+    ignore: list[str] = Field(default_factory=list)  # names to skip silently (e.g. ADC, DWI maps)

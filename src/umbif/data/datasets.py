@@ -1,0 +1,91 @@
+"""PyTorch datasets over the exam cache.
+
+Loading is a memory map of an uncompressed ``.npy`` file and one copy into the output tensor: no
+decompression, no resampling, no normalisation at training time (they happened once, in
+``umbif preprocess``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from umbif import SEQUENCES
+from umbif.data.cache import EXAMS_DIR, read_index, verify_entry
+
+
+class CacheDataset(Dataset):
+    """Exams from a cache folder, one dictionary per exam (MONAI's dictionary style).
+
+    Each item has:
+        ``image``: ``[4, X, Y, Z]`` tensor in canonical order (T1, T1c, T2, FLAIR); channels of
+            absent sequences are zero and must be ignored through ``present``;
+        ``present``: ``[4]`` bool, which sequences the exam has;
+        ``exam_id``: str; and with ``masks=True`` also ``brain_mask`` ``[X, Y, Z]`` bool and
+        ``seg`` ``[X, Y, Z]`` uint8.
+
+    Args:
+        cache_dir: a folder written by ``umbif preprocess``.
+        exam_ids: restrict to (and order by) these exams; ``KeyError`` names any not cached.
+        dtype: tensor type of ``image`` (float16 is what is stored; float32 costs a conversion).
+        masks: also return the brain mask and segmentation.
+        verify: check each file's checksum before loading (slow; for audits, not training).
+
+    Example:
+        >>> ds = CacheDataset("cache/")
+        >>> item = ds[0]; item["image"].shape, item["present"]
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        exam_ids: Sequence[str] | None = None,
+        dtype: torch.dtype = torch.float16,
+        masks: bool = False,
+        verify: bool = False,
+    ):
+        self.cache_dir = Path(cache_dir)
+        entries = {e["exam_id"]: e for e in read_index(self.cache_dir)["exams"]}
+        if exam_ids is not None:
+            missing = [e for e in exam_ids if e not in entries]
+            if missing:
+                raise KeyError(f"{len(missing)} exams are not in the cache {self.cache_dir}: {missing[:5]}")
+            self.entries = [entries[e] for e in exam_ids]
+        else:
+            self.entries = list(entries.values())
+        self.dtype = dtype
+        self.masks = masks
+        self.verify = verify
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _load(self, name: str) -> np.ndarray:
+        return np.load(self.cache_dir / EXAMS_DIR / name, mmap_mode="r", allow_pickle=False)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.entries[index]
+        if self.verify:
+            verify_entry(self.cache_dir, entry)
+        stored = self._load(entry["files"]["image"])  # [P, X, Y, Z] float16, memory-mapped
+        present = np.array([s in entry["sequences"] for s in SEQUENCES])
+        if present.all():
+            image = np.array(stored)  # the one copy, out of the page cache
+        else:
+            image = np.zeros((len(SEQUENCES), *stored.shape[1:]), dtype=stored.dtype)
+            image[present] = stored
+        item: dict[str, Any] = {
+            "image": torch.from_numpy(image).to(self.dtype),
+            "present": torch.from_numpy(present),
+            "exam_id": entry["exam_id"],
+        }
+        if self.masks:
+            masks = self._load(entry["files"]["masks"])
+            item["brain_mask"] = torch.from_numpy(np.array(masks[0], dtype=bool))
+            item["seg"] = torch.from_numpy(np.array(masks[1]))
+        return item
