@@ -74,9 +74,7 @@ def _read_manifest(path: Path, root: Path | None):
 def manifest_validate(
     manifest: Annotated[Path, typer.Argument(help="Manifest file (.csv or .parquet).")],
     root: RootOption = None,
-    no_files: Annotated[
-        bool, typer.Option("--no-files", help="Skip the check that every file exists.")
-    ] = False,
+    no_files: Annotated[bool, typer.Option("--no-files", help="Skip the check that every file exists.")] = False,
 ) -> None:
     """Report every problem of a manifest with its row and column; exit 1 if any is an error.
 
@@ -127,9 +125,7 @@ OutOption = Annotated[
         help="Manifest to write (.csv or .parquet); default ROOT/manifest.csv. Must be in ROOT or above it.",
     ),
 ]
-SiteOption = Annotated[
-    str | None, typer.Option(help="Site name for every exam (default: ROOT's folder name).")
-]
+SiteOption = Annotated[str | None, typer.Option(help="Site name for every exam (default: ROOT's folder name).")]
 LabelsOption = Annotated[
     Path | None,
     typer.Option(help="CSV of labels to join (columns idh, mgmt, codeletion_1p19q, outcome, optional site)."),
@@ -138,9 +134,7 @@ SubjectOption = Annotated[str, typer.Option(help="Column of the labels CSV that 
 JoinOption = Annotated[str, typer.Option(help="Join the labels CSV on 'patient' or 'exam' ids.")]
 AliasOption = Annotated[
     Path | None,
-    typer.Option(
-        "--aliases", help="YAML with extra sequence names and names to ignore (see docs/ingest.md)."
-    ),
+    typer.Option("--aliases", help="YAML with extra sequence names and names to ignore (see docs/ingest.md)."),
 ]
 
 
@@ -232,14 +226,10 @@ def preprocess(
     config: Annotated[
         Path | None, typer.Option(help="YAML with preprocessing settings (see configs/preprocess.yaml).")
     ] = None,
-    spacing: Annotated[
-        float | None, typer.Option(help="Isotropic output voxel size in mm (default 2).")
-    ] = None,
+    spacing: Annotated[float | None, typer.Option(help="Isotropic output voxel size in mm (default 2).")] = None,
     shape: Annotated[str | None, typer.Option(help="Output grid as XxYxZ voxels (default 96x96x96).")] = None,
     workers: Annotated[int, typer.Option(help="Processes working in parallel.")] = 1,
-    shard: Annotated[
-        str, typer.Option(help="Only this part of the exams, as i/n (cluster array jobs).")
-    ] = "0/1",
+    shard: Annotated[str, typer.Option(help="Only this part of the exams, as i/n (cluster array jobs).")] = "0/1",
 ) -> None:
     """Preprocess every exam into a fast, memory-mappable cache.
 
@@ -279,7 +269,5 @@ def preprocess(
         console.print(f"[red]quarantined[/] {failure.exam_id}: {failure.reason}", highlight=False)
     summary = f"{report.done} preprocessed, {report.skipped} already cached, {len(report.failures)} failed"
     if report.failures:
-        _fail(
-            f"{summary}; see {out_dir / 'quarantine.csv'}, fix those files and rerun (finished exams are kept)"
-        )
+        _fail(f"{summary}; see {out_dir / 'quarantine.csv'}, fix those files and rerun (finished exams are kept)")
     out.print(f"[green]done[/]: {summary} -> {out_dir}")

@@ -276,9 +276,7 @@ def run_preprocess(
                 if on_progress:
                     on_progress(finished, total)
         elif todo:
-            with ProcessPoolExecutor(
-                workers, mp_context=get_context("spawn"), initializer=_init_worker
-            ) as pool:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
                 futures = [pool.submit(process_one, exam, cache_dir, config, fp) for exam, fp in todo]
                 for future in as_completed(futures):
                     _record(future.result(), report)
@@ -335,9 +333,7 @@ def build_index(cache_dir: str | Path) -> dict[str, Any]:
 def read_index(cache_dir: str | Path) -> dict[str, Any]:
     path = Path(cache_dir) / "index.json"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; run `umbif preprocess MANIFEST --out {cache_dir}` first"
-        )
+        raise FileNotFoundError(f"{path} does not exist; run `umbif preprocess MANIFEST --out {cache_dir}` first")
     return json.loads(path.read_text())
 
 

@@ -38,9 +38,7 @@ def check_affine(affine: np.ndarray, path: Path, config: PreprocessConfig) -> No
     if not np.all(np.isfinite(affine)):
         raise ImageError(f"{path}: the affine has non-finite values; fix the NIfTI header (sform/qform)")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise ImageError(
-            f"{path}: the affine is singular (a zero voxel size or repeated axis); fix the header"
-        )
+        raise ImageError(f"{path}: the affine is singular (a zero voxel size or repeated axis); fix the header")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if spacing.min() < config.min_spacing_mm or spacing.max() > config.max_spacing_mm:
         raise ImageError(
@@ -73,9 +71,7 @@ def read_nifti(path: str | Path, config: PreprocessConfig | None = None) -> Volu
     shape = tuple(int(n) for n in image.shape)
     spatial = shape[:3]
     if len(shape) < 3 or any(n != 1 for n in shape[3:]) or min(spatial) < 2:
-        raise ImageError(
-            f"{path}: has shape {shape}; umbif needs one 3D volume per file (split 4D series first)"
-        )
+        raise ImageError(f"{path}: has shape {shape}; umbif needs one 3D volume per file (split 4D series first)")
     if int(np.prod(spatial)) > config.max_voxels:
         raise ImageError(
             f"{path}: {'x'.join(map(str, spatial))} voxels exceed the limit of {config.max_voxels}; "
@@ -90,9 +86,7 @@ def read_nifti(path: str | Path, config: PreprocessConfig | None = None) -> Volu
     try:
         data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(spatial)
     except (EOFError, OSError, zlib.error, ValueError) as err:
-        raise ImageError(
-            f"{path}: the voxel data cannot be read, the file is truncated or corrupt ({err})"
-        ) from err
+        raise ImageError(f"{path}: the voxel data cannot be read, the file is truncated or corrupt ({err})") from err
     finite = np.isfinite(data)
     if not finite.all():
         bad = int(data.size - finite.sum())

@@ -222,15 +222,11 @@ def validate(manifest: Manifest, check_files: bool = True) -> list[Problem]:
         exam_id = values["exam_id"]
         if exam_id:
             if exam_id in seen:
-                problems.append(
-                    Problem(n, "exam_id", f"duplicate exam_id {exam_id!r} (first in row {seen[exam_id]})")
-                )
+                problems.append(Problem(n, "exam_id", f"duplicate exam_id {exam_id!r} (first in row {seen[exam_id]})"))
             else:
                 seen[exam_id] = n
         if not values["site"]:
-            problems.append(
-                Problem(n, "site", "site is empty; leave-one-site-out will group it as ''", "warning")
-            )
+            problems.append(Problem(n, "site", "site is empty; leave-one-site-out will group it as ''", "warning"))
         timepoint = _parse_timepoint(values["timepoint"])
         if isinstance(timepoint, str):
             problems.append(Problem(n, "timepoint", f"timepoint {timepoint!r} is not a number"))
@@ -242,18 +238,14 @@ def validate(manifest: Manifest, check_files: bool = True) -> list[Problem]:
                 )
             timepoints.setdefault(key, n)
         if not any(values[s] for s in SEQUENCES):
-            problems.append(
-                Problem(n, None, f"exam has no sequence (none of {', '.join(SEQUENCES)} is given)")
-            )
+            problems.append(Problem(n, None, f"exam has no sequence (none of {', '.join(SEQUENCES)} is given)"))
         for column in PATH_COLUMNS:
             if values[column]:
                 problems.extend(_check_path(manifest, values[column], n, column, check_files))
         for column, allowed in LABELS.items():
             value = values[column]
             if value and value not in allowed:
-                problems.append(
-                    Problem(n, column, f"unknown label {value!r}; allowed: {', '.join(allowed)} or empty")
-                )
+                problems.append(Problem(n, column, f"unknown label {value!r}; allowed: {', '.join(allowed)} or empty"))
         if values["codeletion_1p19q"] == "codeleted" and values["idh"] == "wildtype":
             problems.append(
                 Problem(

@@ -101,9 +101,7 @@ def _to_sitk(data: np.ndarray, affine: np.ndarray, path: object) -> sitk.Image:
     spacing = np.linalg.norm(matrix, axis=0)
     direction = matrix / spacing
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
-        raise ImageError(
-            f"{path}: the affine is sheared (axes not orthogonal); resample it to an orthogonal grid"
-        )
+        raise ImageError(f"{path}: the affine is sheared (axes not orthogonal); resample it to an orthogonal grid")
     image.SetSpacing(spacing.tolist())
     image.SetDirection(direction.flatten().tolist())
     image.SetOrigin((_LPS @ affine[:3, 3]).tolist())
@@ -246,10 +244,7 @@ def preprocess_exam(exam: Exam, config: PreprocessConfig | None = None) -> Prepr
     if exam.brain_mask is not None:
         given = read_nifti(exam.brain_mask, config)
         brain = (
-            resample(
-                given.data, given.affine, grid_affine, grid_shape, nearest=True, outside=0, path=given.path
-            )
-            > 0
+            resample(given.data, given.affine, grid_affine, grid_shape, nearest=True, outside=0, path=given.path) > 0
         )
         mask_source = "manifest"
     else:
@@ -266,9 +261,7 @@ def preprocess_exam(exam: Exam, config: PreprocessConfig | None = None) -> Prepr
         labels = np.round(given.data)
         if labels.min() < 0 or labels.max() > 255 or not np.allclose(labels, given.data, atol=1e-3):
             raise ImageError(f"{given.path}: a segmentation must hold integer labels 0..255")
-        seg = resample(
-            labels, given.affine, grid_affine, grid_shape, nearest=True, outside=0, path=given.path
-        )
+        seg = resample(labels, given.affine, grid_affine, grid_shape, nearest=True, outside=0, path=given.path)
         seg = seg.astype(np.uint8)
 
     try:

@@ -134,9 +134,7 @@ def assign_files(paths: Iterable[Path], table: AliasTable) -> ExamFiles:
             found.problems.append(f"{path.name}: ambiguous name ({err}); rename it or add an alias")
             continue
         if target is None:
-            found.problems.append(
-                f"{path.name}: no sequence recognised in the name; add an alias if it is one"
-            )
+            found.problems.append(f"{path.name}: no sequence recognised in the name; add an alias if it is one")
             continue
         claims.setdefault(target, []).append(path)
     for target, claimed in claims.items():
