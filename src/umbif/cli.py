@@ -17,7 +17,7 @@ app = typer.Typer(
     help=(
         "UMBIF: build and use a brain-MRI foundation model from your own routine scans.\n\n"
         "Data path: `umbif ingest` (files -> manifest), `umbif manifest validate|summary`, "
-        "`umbif preprocess` (manifest -> fast exam cache)."
+        "`umbif preprocess` (manifest -> fast exam cache), `umbif cache info|show`."
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -27,8 +27,10 @@ ingest_app = typer.Typer(
     help="Build a manifest from image files on disk (one adapter per layout).", no_args_is_help=True
 )
 manifest_app = typer.Typer(help="Check and describe a manifest (CSV or Parquet).", no_args_is_help=True)
+cache_app = typer.Typer(help="Look into an exam cache written by `umbif preprocess`.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(manifest_app, name="manifest")
+app.add_typer(cache_app, name="cache")
 
 console = Console(stderr=True)
 out = Console()
@@ -271,3 +273,73 @@ def preprocess(
     if report.failures:
         _fail(f"{summary}; see {out_dir / 'quarantine.csv'}, fix those files and rerun (finished exams are kept)")
     out.print(f"[green]done[/]: {summary} -> {out_dir}")
+
+
+# ------------------------------------------------------------------------------------------- cache
+CacheArgument = Annotated[Path, typer.Argument(help="Cache folder written by `umbif preprocess`.")]
+
+
+@cache_app.command("info")
+def cache_info(
+    cache: CacheArgument,
+    verify: Annotated[bool, typer.Option(help="Also check every cached file against its checksum.")] = False,
+) -> None:
+    """Print what a cache holds: settings, exams cached and quarantined, sequences, size.
+
+    With `--verify`, every file is checked against the checksum in the index; exit 1 on a mismatch.
+    """
+    from umbif.data.cache import describe
+
+    try:
+        info = describe(cache, verify=verify)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    settings = ", ".join(f"{k}={v}" for k, v in info["preprocess"].items())
+    out.print(f"[bold]{cache}[/]  plan {info['plan_fingerprint']}\n  {settings}", highlight=False)
+    counts = ", ".join(f"{s} {n}" for s, n in info["sequence_counts"].items())
+    out.print(
+        f"  {info['exams']} exams cached ({counts}; {info['with_seg']} with segmentation), "
+        f"{info['quarantined']} quarantined, {info['bytes'] / 2**20:.1f} MiB "
+        f"({info['bytes_per_exam'] / 2**20:.2f} MiB per exam)",
+        highlight=False,
+    )
+    if info["quarantined"]:
+        out.print(f"  quarantined exams and why: {cache / 'quarantine.csv'}")
+    for message in info["corrupt"]:
+        console.print(f"[red]corrupt[/] {message}", highlight=False)
+    if info["corrupt"]:
+        _fail(f"{len(info['corrupt'])} exams fail their checksum; rerun `umbif preprocess` to rebuild them")
+    if verify:
+        out.print("[green]ok[/]: every file matches its checksum")
+
+
+@cache_app.command("show")
+def cache_show(
+    cache: CacheArgument,
+    out_path: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    exam: Annotated[str | None, typer.Option(help="Exam id to draw (default: the first cached exam).")] = None,
+) -> None:
+    """Draw a cached exam as a PNG: each sequence in three mid-brain slices, with the brain mask
+    (cyan) and tumour segmentation (red) outlined. Use it to check preprocessing by eye."""
+    from umbif import SEQUENCES
+    from umbif.data.datasets import CacheDataset
+    from umbif.viz import plot_exam
+
+    try:
+        dataset = CacheDataset(cache, exam_ids=[exam] if exam else None, masks=True)
+    except (FileNotFoundError, KeyError) as err:
+        _fail(str(err))
+    if not len(dataset):
+        _fail(f"{cache} holds no exam yet; run `umbif preprocess` first")
+    item = dataset[0]
+    present = item["present"].numpy()
+    names = [s for s, p in zip(SEQUENCES, present, strict=True) if p]
+    plot_exam(
+        item["image"][present].float().numpy(),
+        names,
+        out_path,
+        brain_mask=item["brain_mask"].numpy(),
+        seg=item["seg"].numpy(),
+        title=item["exam_id"],
+    )
+    out.print(f"wrote {out_path}")

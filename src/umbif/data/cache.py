@@ -359,12 +359,43 @@ def cache_bytes(cache_dir: str | Path) -> int:
     return sum(f.stat().st_size for f in (Path(cache_dir) / EXAMS_DIR).glob("*.npy"))
 
 
+def describe(cache_dir: str | Path, verify: bool = False) -> dict[str, Any]:
+    """What a cache holds, for ``umbif cache info``: plan settings, exams cached and quarantined,
+    size; with ``verify``, the exams whose files no longer match their checksums."""
+    cache_dir = Path(cache_dir)
+    index = read_index(cache_dir)
+    plan = json.loads((cache_dir / "plan.json").read_text())
+    quarantine = cache_dir / "quarantine.csv"
+    failed = list(csv.DictReader(quarantine.open())) if quarantine.is_file() else []
+    corrupt = []
+    if verify:
+        for entry in index["exams"]:
+            try:
+                verify_entry(cache_dir, entry)
+            except ValueError as err:
+                corrupt.append(str(err))
+    n = len(index["exams"])
+    size = cache_bytes(cache_dir)
+    return {
+        "exams": n,
+        "quarantined": len(failed),
+        "bytes": size,
+        "bytes_per_exam": size // n if n else 0,
+        "plan_fingerprint": index["plan_fingerprint"],
+        "preprocess": plan["preprocess"],
+        "sequence_counts": {s: sum(s in e["sequences"] for e in index["exams"]) for s in SEQUENCES},
+        "with_seg": sum(bool(e["has_seg"]) for e in index["exams"]),
+        "corrupt": corrupt,
+    }
+
+
 __all__ = [
     "Failure",
     "RunReport",
     "Shard",
     "build_index",
     "cache_bytes",
+    "describe",
     "read_index",
     "run_preprocess",
     "verify_entry",

@@ -1,0 +1,66 @@
+"""Figures people look at instead of reading numbers. Drawn on matplotlib ``Figure`` objects (no
+pyplot, no global backend state), so they render the same on a headless cluster node as on a laptop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from umbif.utils import atomic_write
+
+_VIEWS = ("sagittal", "coronal", "axial")
+
+
+def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """A 2D slice of a RAS volume, turned so that up is superior/anterior and left is patient right."""
+    return np.rot90(np.take(volume, index, axis=axis))
+
+
+def plot_exam(
+    image: np.ndarray,
+    names: Sequence[str],
+    path: str | Path,
+    brain_mask: np.ndarray | None = None,
+    seg: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """Save a grid of mid-brain slices: one row per sequence, sagittal / coronal / axial columns.
+
+    Args:
+        image: ``[C, X, Y, Z]`` volumes on a RAS grid (e.g. a cache entry); z-scored values are
+            shown between -3 and 3.
+        names: the C sequence names, row titles.
+        path: the PNG to write (atomically).
+        brain_mask: ``[X, Y, Z]``; its outline is drawn in cyan, and slices go through its centre.
+        seg: ``[X, Y, Z]`` tumour labels; their outline is drawn in red.
+        title: figure title (use pseudonymous ids only).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    centre_of = brain_mask if brain_mask is not None and brain_mask.any() else np.ones(image.shape[1:])
+    centre = np.round(np.argwhere(centre_of).mean(axis=0)).astype(int)
+    rows = len(names)
+    fig = Figure(figsize=(7.5, 2.5 * rows), facecolor="black")
+    axes = fig.subplots(rows, 3, squeeze=False)
+    for row, name in enumerate(names):
+        for col, view in enumerate(_VIEWS):
+            ax = axes[row, col]
+            ax.imshow(_slice(image[row], col, centre[col]), cmap="gray", vmin=-3, vmax=3)
+            for overlay, colour in ((brain_mask, "cyan"), (seg, "red")):
+                if overlay is not None and overlay.any():
+                    ax.contour(_slice(overlay > 0, col, centre[col]), levels=[0.5], colors=colour, linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(view, color="white", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(name, color="white", fontsize=10)
+    if title:
+        fig.suptitle(title, color="white", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110, facecolor="black")
+    return path
