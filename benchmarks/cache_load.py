@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 import torch
 
 from umbif import SEQUENCES
@@ -114,7 +115,9 @@ def main() -> None:
     args = parser.parse_args()
     if not all((args.sample / name).is_file() for name in FILES.values()):
         parser.error(f"{args.sample} does not hold {', '.join(FILES.values())}; pass --sample")
-    torch.set_num_threads(1)  # both sides single-threaded per exam; parallelism is over exams
+    # both sides single-threaded per exam, as in `umbif preprocess` workers; parallelism is over exams
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     config = PreprocessConfig()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +181,7 @@ def main() -> None:
         "input": "UPENN-GBM 00001: 4 x 240x240x155 int16 .nii.gz, 1 mm, LPS",
         "machine": machine(),
         "versions": versions(),
-        "torch_threads": torch.get_num_threads(),
+        "threads_per_exam": {"torch": torch.get_num_threads(), "SimpleITK": 1},
     }
     print(f"{'step':<44}{'umbif':>12}{'MONAI':>12}{'ratio':>10}")
     print(
