@@ -29,9 +29,12 @@ DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
     "t1c": ("t1c", "t1ce", "t1gd", "ct1", "t1wce", "t1post", "t1postcontrast", "t1contrast", "t1cgd"),
     "t2": ("t2", "t2w"),
     "flair": ("flair", "t2f", "t2flair", "t2wflair"),
-    "brain_mask": ("mask", "brainmask", "skullstrip", "skullstripmask"),
+    # UCSF-PDGM calls its skull-stripping mask "brain_segmentation"; it must not fall through to "segmentation"
+    "brain_mask": ("mask", "brainmask", "skullstrip", "skullstripmask", "brainsegmentation"),
     "seg": ("seg", "segm", "segmentation", "tumorseg", "tumorsegmentation", "tumoursegmentation", "label"),
 }
+# Name tokens always skipped: UCSF-PDGM's brain_parenchyma_segmentation is a tissue map, not a tumour seg.
+DEFAULT_IGNORE: tuple[str, ...] = ("parenchyma",)
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 _SPLIT = re.compile(r"[_\-. ]+")
@@ -88,7 +91,7 @@ class AliasTable:
 
 
 def alias_table(extra: Mapping[str, Iterable[str]] | None = None, ignore: Iterable[str] = ()) -> AliasTable:
-    """The built-in aliases plus ``extra`` ones (``{"t1c": ["mprage_gd"]}``).
+    """The built-in aliases plus ``extra`` ones (``{"t1c": ["mprage_gd"]}``); ``ignore`` adds to ``DEFAULT_IGNORE``.
 
     Raises:
         ValueError: an extra alias names an unknown target or already belongs to another target.
@@ -105,7 +108,7 @@ def alias_table(extra: Mapping[str, Iterable[str]] | None = None, ignore: Iterab
             if lookup.get(key, target) != target:
                 raise ValueError(f"alias {name!r} is given for both {lookup[key]} and {target}")
             lookup[key] = target
-    return AliasTable(lookup=lookup, ignore=frozenset(_key(i) for i in ignore))
+    return AliasTable(lookup=lookup, ignore=frozenset(_key(i) for i in (*DEFAULT_IGNORE, *ignore)))
 
 
 @dataclass
