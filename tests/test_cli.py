@@ -121,7 +121,6 @@ def test_validate_missing_manifest(tmp_path: Path) -> None:
     assert "does not exist" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="cli prints problems as Rich markup: '[...]' in a path is eaten or crashes")
 def test_validate_prints_paths_with_brackets(data: Path) -> None:
     manifest = _write_manifest(data / "manifest.csv", [_row("e1", t1="e1/[old]/t1.nii.gz")])
     result = _invoke("manifest", "validate", str(manifest))

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from umbif import __version__
@@ -52,7 +53,7 @@ def main(
 
 
 def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -89,12 +90,12 @@ def manifest_validate(
     problems = validate(table, check_files=not no_files)
     for problem in problems:
         style = "red" if problem.severity == "error" else "yellow"
-        out.print(f"[{style}]{problem}[/]", highlight=False)
+        out.print(f"[{style}]{escape(str(problem))}[/]", highlight=False)
     n_errors = len(errors(problems))
     summary = f"{len(table)} exams, {n_errors} errors, {len(problems) - n_errors} warnings"
     if n_errors:
         _fail(f"{manifest}: {summary}; fix the rows above and validate again")
-    out.print(f"[green]ok[/]: {manifest}: {summary}")
+    out.print(f"[green]ok[/]: {escape(str(manifest))}: {summary}", highlight=False)
 
 
 @manifest_app.command("summary")
@@ -144,7 +145,7 @@ def _write_ingested(report, root: Path, out_path: Path | None) -> None:
     from umbif.data.manifest import PathEscapeError, errors, validate
 
     for problem in report.problems:
-        console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(str(problem))}", highlight=False)
     target = out_path or root / "manifest.csv"
     try:
         manifest = report.manifest.relocate(target.parent)
@@ -153,8 +154,11 @@ def _write_ingested(report, root: Path, out_path: Path | None) -> None:
     manifest.write(target)
     n_errors = len(errors(validate(manifest)))
     out.print(
-        f"wrote {target}: {len(manifest)} exams, {len(report.problems)} files or rows reported"
-        + (f", {n_errors} validation errors (run `umbif manifest validate {target}`)" if n_errors else "")
+        escape(
+            f"wrote {target}: {len(manifest)} exams, {len(report.problems)} files or rows reported"
+            + (f", {n_errors} validation errors (run `umbif manifest validate {target}`)" if n_errors else "")
+        ),
+        highlight=False,
     )
     if n_errors:
         raise typer.Exit(1)
@@ -268,11 +272,11 @@ def preprocess(
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     for failure in report.failures:
-        console.print(f"[red]quarantined[/] {failure.exam_id}: {failure.reason}", highlight=False)
+        console.print(f"[red]quarantined[/] {escape(failure.exam_id)}: {escape(failure.reason)}", highlight=False)
     summary = f"{report.done} preprocessed, {report.skipped} already cached, {len(report.failures)} failed"
     if report.failures:
         _fail(f"{summary}; see {out_dir / 'quarantine.csv'}, fix those files and rerun (finished exams are kept)")
-    out.print(f"[green]done[/]: {summary} -> {out_dir}")
+    out.print(f"[green]done[/]: {summary} -> {escape(str(out_dir))}", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- cache
@@ -295,7 +299,7 @@ def cache_info(
     except FileNotFoundError as err:
         _fail(str(err))
     settings = ", ".join(f"{k}={v}" for k, v in info["preprocess"].items())
-    out.print(f"[bold]{cache}[/]  plan {info['plan_fingerprint']}\n  {settings}", highlight=False)
+    out.print(f"[bold]{escape(str(cache))}[/]  plan {info['plan_fingerprint']}\n  {settings}", highlight=False)
     counts = ", ".join(f"{s} {n}" for s, n in info["sequence_counts"].items())
     out.print(
         f"  {info['exams']} exams cached ({counts}; {info['with_seg']} with segmentation), "
@@ -304,9 +308,9 @@ def cache_info(
         highlight=False,
     )
     if info["quarantined"]:
-        out.print(f"  quarantined exams and why: {cache / 'quarantine.csv'}")
+        out.print(f"  quarantined exams and why: {escape(str(cache / 'quarantine.csv'))}", highlight=False)
     for message in info["corrupt"]:
-        console.print(f"[red]corrupt[/] {message}", highlight=False)
+        console.print(f"[red]corrupt[/] {escape(message)}", highlight=False)
     if info["corrupt"]:
         _fail(f"{len(info['corrupt'])} exams fail their checksum; rerun `umbif preprocess` to rebuild them")
     if verify:
@@ -342,4 +346,4 @@ def cache_show(
         seg=item["seg"].numpy(),
         title=item["exam_id"],
     )
-    out.print(f"wrote {out_path}")
+    out.print(f"wrote {escape(str(out_path))}", highlight=False)

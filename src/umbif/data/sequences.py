@@ -31,7 +31,18 @@ DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {
     "flair": ("flair", "t2f", "t2flair", "t2wflair"),
     # UCSF-PDGM calls its skull-stripping mask "brain_segmentation"; it must not fall through to "segmentation"
     "brain_mask": ("mask", "brainmask", "skullstrip", "skullstripmask", "brainsegmentation"),
-    "seg": ("seg", "segm", "segmentation", "tumorseg", "tumorsegmentation", "tumoursegmentation", "label"),
+    # "tumor_mask" must beat the brain-mask alias "mask": longer matches win
+    "seg": (
+        "seg",
+        "segm",
+        "segmentation",
+        "tumorseg",
+        "tumorsegmentation",
+        "tumoursegmentation",
+        "tumormask",
+        "tumourmask",
+        "label",
+    ),
 }
 # Name tokens always skipped: UCSF-PDGM's brain_parenchyma_segmentation is a tissue map, not a tumour seg.
 DEFAULT_IGNORE: tuple[str, ...] = ("parenchyma",)
