@@ -347,3 +347,37 @@ def test_preprocess_command(manifest: Manifest, tmp_path: Path, corrupt: bool, e
     assert set(_indexed(out)) == set(NAMES) - ({"e4"} if corrupt else set())
     assert [row["exam_id"] for row in _quarantine(out)] == (["e4"] if corrupt else [])
     assert json.loads((out / "plan.json").read_text())["preprocess"]["shape"] == [24, 24, 24]
+
+
+def test_describe_and_cache_info_command(manifest: Manifest, tmp_path: Path) -> None:
+    out = tmp_path / "cache"
+    manifest.table.loc[1, "t1c"] = ""  # one exam without T1c
+    run_preprocess(manifest, out, CONFIG)
+    info = cache.describe(out, verify=True)
+    assert (info["exams"], info["quarantined"], info["corrupt"]) == (len(NAMES), 0, [])
+    assert info["sequence_counts"] == {"t1": 5, "t1c": 4, "t2": 5, "flair": 5}
+    # float16 image + uint8 masks + two .npy headers per exam
+    assert info["bytes_per_exam"] == sum(2 * n * 24**3 for n in (4, 4, 3, 4, 4)) // 5 + 2 * 24**3 + 256
+    result = CliRunner().invoke(app, ["cache", "info", str(out), "--verify"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "5 exams cached" in result.stdout and "every file matches its checksum" in result.stdout
+
+    first = _indexed(out)["e1"]
+    image = out / "exams" / first["files"]["image"]
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 0xFF
+    image.write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["cache", "info", str(out), "--verify"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert "checksum mismatch for exam e1" in result.stderr
+
+
+def test_cache_show_draws_a_png(manifest: Manifest, tmp_path: Path) -> None:
+    out = tmp_path / "cache"
+    run_preprocess(manifest, out, CONFIG)
+    png = tmp_path / "exam.png"
+    result = CliRunner().invoke(app, ["cache", "show", str(out), "--exam", "e2", "--out", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = CliRunner().invoke(app, ["cache", "show", str(out), "--exam", "nope", "--out", str(png)])
+    assert result.exit_code == 1 and "nope" in result.stderr
