@@ -172,3 +172,21 @@ def test_preprocess_bad_shard(data: Path, shard: str, message: str) -> None:
     assert result.exit_code == 1
     assert "error: bad settings: " + message in result.stderr
     assert not (data.parent / "cache").exists()  # refused before any work
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ingest", "folder", "{tmp}/missing"], "is not a folder"),
+        (["ingest", "brats", "{tmp}/missing"], "missing"),
+        (["ingest", "folder", "{tmp}/data", "--labels", "{tmp}/none.csv"], "none.csv does not exist"),
+        (["ingest", "folder", "{tmp}/data", "--aliases", "{tmp}/aliases.yaml"], "unknown alias target 't9'"),
+    ],
+)
+def test_ingest_bad_input_is_one_clear_error(make_exam, tmp_path: Path, args: list[str], message: str) -> None:
+    make_exam("exam1", shape=(8, 8, 8))  # tmp_path/data/exam1: a valid layout, so the bad option is the error
+    (tmp_path / "aliases.yaml").write_text("aliases: {t9: [x]}\n")
+    result = _invoke(*(a.format(tmp=tmp_path) for a in args))
+    assert result.exit_code == 1
+    assert "error:" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.output

@@ -191,14 +191,10 @@ def ingest_folder(
     """
     from umbif.data.sources.folder import ingest_folder as run
 
-    report = run(
-        root,
-        table=_aliases(aliases),
-        site=site,
-        labels=labels,
-        subject_column=subject_column,
-        join_on=join_on,
-    )
+    try:
+        report = run(root, _aliases(aliases), site, labels, subject_column, join_on)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
     _write_ingested(report, root, out_path)
 
 
@@ -219,7 +215,10 @@ def ingest_brats(
     """
     from umbif.data.sources.brats import ingest_brats as run
 
-    report = run(root, site=site, labels=labels, subject_column=subject_column, join_on=join_on)
+    try:
+        report = run(root, site, labels, subject_column, join_on)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
     _write_ingested(report, root, out_path)
 
 
