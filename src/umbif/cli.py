@@ -3,6 +3,8 @@ function per command. Heavy modules are imported inside the commands so ``--help
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -33,8 +35,10 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(cache_app, name="cache")
 
-console = Console(stderr=True)
-out = Console()
+# Logs and pipes get 120 columns (rich would wrap tables at 80); terminals and $COLUMNS keep theirs.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+console = Console(stderr=True, width=_WIDTH, soft_wrap=True)  # messages stay one line (grep-able logs)
+out = Console(width=_WIDTH, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -112,9 +116,12 @@ def manifest_summary(
 
 
 def _rich_table(frame, title: str) -> Table:
+    import pandas as pd
+
     table = Table(title=title, title_justify="left")
     for column in frame.columns:
-        table.add_column(str(column), justify="left" if frame[column].dtype == object else "right")
+        numeric = pd.api.types.is_numeric_dtype(frame[column])
+        table.add_column(str(column), justify="right" if numeric else "left")
     for row in frame.itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     return table

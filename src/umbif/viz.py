@@ -15,7 +15,8 @@ _VIEWS = ("sagittal", "coronal", "axial")
 
 
 def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """A 2D slice of a RAS volume, turned so that up is superior/anterior and left is patient right."""
+    """A 2D slice of a RAS volume, turned so that up is superior (anterior in axial slices) and the
+    patient's right is on the image's right (neurological convention, as nilearn draws)."""
     return np.rot90(np.take(volume, index, axis=axis))
 
 
