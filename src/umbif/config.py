@@ -82,3 +82,41 @@ class AliasConfig(FrozenConfig):
 
     aliases: dict[str, list[str]] = Field(default_factory=dict)  # canonical name -> extra aliases
     ignore: list[str] = Field(default_factory=list)  # names to skip silently (e.g. ADC, DWI maps)
+
+
+class SynthConfig(FrozenConfig):
+    """The synthetic multi-site glioma cohort (``umbif synth``); saved in its cohort card."""
+
+    exams: int = 300  # total exams: routine pretraining pool + labelled glioma pairs
+    seed: int = 0  # everything follows from it; the worker count does not matter
+    sites: int = 5  # number of sites (1-6), each with its own scanner and naming conventions
+    spacing: float = 2.0  # base voxel size in mm of the written images (sites scale it, e.g. thick slices)
+    glioma_fraction: float = 0.3  # share of exams that belong to the labelled glioma cohort (2 per patient)
+    label_noise: float = 0.03  # probability that a recorded label is flipped
+    strength: dict[str, float] = Field(default_factory=dict)  # association name -> multiplier (default 1)
+    # routine exams: share of each finding (normal brains take the rest)
+    wmh: float = 0.25  # white-matter hyperintensities
+    infarct: float = 0.1  # chronic infarct
+    extra_axial: float = 0.08  # meningioma-like extra-axial mass
+    glioma: float = 0.12  # glioma without labels
+
+    @field_validator("exams")
+    @classmethod
+    def _enough_exams(cls, v: int) -> int:
+        if v < 4:
+            raise ValueError(f"exams must be at least 4, got {v}")
+        return v
+
+    @field_validator("glioma_fraction", "label_noise", "wmh", "infarct", "extra_axial", "glioma")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"must be between 0 and 1, got {v}")
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing(cls, v: float) -> float:
+        if not 0.5 <= v <= 4.0:
+            raise ValueError(f"spacing must be between 0.5 and 4 mm, got {v}")
+        return v

@@ -65,3 +65,68 @@ def plot_exam(
     with atomic_write(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=110, facecolor="black")
     return path
+
+
+def _axial_at(path: Path, world: np.ndarray) -> np.ndarray:
+    """The axial slice of a NIfTI file (reoriented to the closest RAS) through a world point (mm)."""
+    import nibabel as nib
+
+    image = nib.as_closest_canonical(nib.load(path))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    voxel = np.linalg.inv(image.affine) @ np.append(world, 1.0)
+    z = int(np.clip(np.round(voxel[2]), 0, data.shape[2] - 1))
+    return _slice(data, 2, z)
+
+
+def plot_synth_preview(manifest, kinds: Sequence[str], path: str | Path, count: int = 6) -> Path:
+    """A montage of a few synthetic exams (rows) x the four sequences (columns), axial slices
+    through the tumour (glioma exams) or the ventricles, each windowed to its own 1-99.5th percentile.
+
+    Args:
+        manifest: a :class:`umbif.data.manifest.Manifest` of a synthetic cohort.
+        kinds: what each manifest row shows (``glioma``, ``normal``, ``wmh``, ...; ground truth).
+        path: the PNG to write (atomically).
+        count: how many exams: glioma baselines and follow-ups first, then one per routine finding.
+    """
+    from umbif import SEQUENCES
+
+    kinds = list(kinds)
+    gliomas = [i for i, kind in enumerate(kinds) if kind == "glioma"]
+    picks = gliomas[: max(1, count // 2)]
+    for kind in dict.fromkeys(kinds):  # one exam of each other finding, in order of appearance
+        if kind != "glioma" and len(picks) < count:
+            picks.append(kinds.index(kind))
+    fig = Figure(figsize=(2.0 * len(SEQUENCES), 2.1 * len(picks)), facecolor="black")
+    axes = fig.subplots(len(picks), len(SEQUENCES), squeeze=False)
+    for row, index in enumerate(picks):
+        exam = manifest.exam(index)
+        world = np.array([0.0, -18.0, 15.0])
+        if exam.seg is not None:
+            import nibabel as nib
+
+            seg = nib.load(exam.seg)
+            labels = np.argwhere(np.asarray(seg.dataobj) > 0)
+            if len(labels):
+                world = (seg.affine @ np.append(labels.mean(axis=0), 1.0))[:3]
+        for col, sequence in enumerate(SEQUENCES):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_facecolor("black")
+            if sequence in exam.sequences:
+                picture = _axial_at(exam.sequences[sequence], world)
+                inside = picture[picture > 0]
+                low, high = np.percentile(inside, [1, 99.5]) if inside.size else (0.0, 1.0)
+                ax.imshow(picture, cmap="gray", vmin=low, vmax=high)
+            else:
+                ax.text(0.5, 0.5, "missing", color="gray", ha="center", va="center", transform=ax.transAxes)
+            if row == 0:
+                ax.set_title(sequence, color="white", fontsize=9)
+            if col == 0:
+                label = f"{exam.site}\n{kinds[index]} t{exam.timepoint:g}"
+                ax.set_ylabel(label, color="white", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100, facecolor="black")
+    return path

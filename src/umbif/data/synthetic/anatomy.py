@@ -1,0 +1,145 @@
+"""Real anatomy for the synthetic cohort: the MNI152 2009a template that ships inside nilearn (T1,
+grey- and white-matter probability maps, brain mask; loaded offline), a head around it, and a
+per-subject smooth deformation, scaling and age-related atrophy.
+
+Tissue maps live on the template grid ("MNI space"); a subject is a mapping from its own world
+coordinates (mm) back into MNI space, so lesions drawn in MNI space deform with the anatomy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+
+# head layers outside the brain mask, as distance bands in mm (subarachnoid CSF/dura, skull, scalp)
+CSF_SHELL_MM = (0.0, 2.5)
+SKULL_MM = (2.5, 9.0)
+SCALP_MM = (9.0, 14.0)
+VENTRICLE_CENTRE_MNI = np.array([0.0, -12.0, 18.0])  # mm, between the lateral ventricles
+
+
+@dataclass(frozen=True)
+class Template:
+    """Tissue probabilities on the MNI grid (each [X, Y, Z] float32 in [0, 1])."""
+
+    affine: np.ndarray  # [4, 4] voxel -> MNI mm
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray  # brain mask minus GM minus WM, plus the subarachnoid shell outside the mask
+    brain: np.ndarray  # bool brain mask
+    skull: np.ndarray
+    scalp: np.ndarray
+    depth: np.ndarray  # mm from the brain surface (0 outside the brain)
+
+    @property
+    def spacing(self) -> float:
+        return float(self.affine[0, 0])
+
+
+@lru_cache(maxsize=2)
+def load_template(resolution: int = 2) -> Template:
+    """The MNI152 2009a maps from nilearn at 1 or 2 mm, with CSF and head layers derived from them."""
+    from nilearn import datasets  # heavy import, only where the template is needed
+
+    def data(image) -> np.ndarray:
+        return np.asarray(image.dataobj, dtype=np.float32)
+
+    gm = data(datasets.load_mni152_gm_template(resolution=resolution))
+    wm = data(datasets.load_mni152_wm_template(resolution=resolution))
+    mask_image = datasets.load_mni152_brain_mask(resolution=resolution)
+    brain = data(mask_image) > 0.5
+    spacing = float(mask_image.affine[0, 0])
+    gm, wm = gm * brain, wm * brain
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    outside = ndimage.distance_transform_edt(~brain) * spacing  # mm from the brain, outside it
+    depth = (ndimage.distance_transform_edt(brain) * spacing).astype(np.float32)
+    csf = csf + ((outside > CSF_SHELL_MM[0]) & (outside <= CSF_SHELL_MM[1])).astype(np.float32)
+    skull = ((outside > SKULL_MM[0]) & (outside <= SKULL_MM[1])).astype(np.float32)
+    scalp = ((outside > SCALP_MM[0]) & (outside <= SCALP_MM[1])).astype(np.float32)
+    smooth = 0.6 / spacing  # soften the band edges to partial volumes
+    return Template(
+        affine=np.asarray(mask_image.affine, dtype=np.float64),
+        gm=gm,
+        wm=wm,
+        csf=np.clip(ndimage.gaussian_filter(csf, smooth), 0, 1),
+        brain=brain,
+        skull=ndimage.gaussian_filter(skull, smooth),
+        scalp=ndimage.gaussian_filter(scalp, smooth),
+        depth=depth,
+    )
+
+
+def smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-smoothed white noise scaled to unit standard deviation (float32)."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return field / max(float(field.std()), 1e-6)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Where a subject's world point (mm) sits in MNI space: ``mni = linear @ x + offset + warp(x)``.
+
+    ``warp`` is a smooth displacement (mm) sampled on a coarse grid over the head.
+    """
+
+    linear: np.ndarray  # [3, 3]
+    offset: np.ndarray  # [3]
+    warp: np.ndarray  # [3, Gx, Gy, Gz] mm
+    warp_origin: np.ndarray  # [3] world mm of warp[:, 0, 0, 0]
+    warp_step: float  # mm between warp grid points
+    atrophy: float  # 0..0.4, fraction of cortical GM turned to CSF
+
+    def to_mni(self, points: np.ndarray) -> np.ndarray:
+        """Map world points [N, 3] (subject mm) to MNI mm [N, 3]."""
+        grid = ((points - self.warp_origin) / self.warp_step).T  # [3, N] in warp-grid units
+        displacement = np.stack([ndimage.map_coordinates(c, grid, order=1, mode="nearest") for c in self.warp])
+        return points @ self.linear.T + self.offset + displacement.T
+
+
+def sample_subject(age: float, rng: np.random.Generator, warp_mm: float = 3.0) -> Subject:
+    """A subject: head size and shape (global scaling and a small rotation), a smooth warp, and
+    age-related atrophy (sulcal widening and ventricle enlargement grow after 40; Fotenos 2005)."""
+    scale = rng.normal(1.0, 0.05) * np.exp(rng.normal(0, 0.03, 3))  # overall size, then per-axis shape
+    angles = np.deg2rad(rng.normal(0, 3.0, 3))
+    rotation = _rotation(angles)
+    linear = np.linalg.inv(rotation @ np.diag(scale))  # subject mm -> MNI mm
+    atrophy = float(np.clip((age - 40.0) / 110.0 + rng.normal(0, 0.04), 0.0, 0.4))
+
+    step = 12.0
+    origin = np.array([-110.0, -140.0, -90.0])
+    shape = (19, 23, 19)  # covers +-110, -140..130, -90..130 mm
+    warp = np.stack([smooth_noise(shape, 1.5, rng) * warp_mm for _ in range(3)])
+    # ventricle enlargement: MNI points near the ventricles are pulled towards their centre, so the
+    # (fixed-size) template ventricles cover more of the subject's space
+    points = origin + step * np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1)
+    offset_to_centre = points - VENTRICLE_CENTRE_MNI
+    falloff = np.exp(-(offset_to_centre**2).sum(-1) / (2 * 28.0**2))[..., None]
+    warp = warp - np.moveaxis(offset_to_centre * falloff * 0.9 * atrophy, -1, 0)
+    return Subject(linear, rng.normal(0, 2.0, 3), warp.astype(np.float32), origin, step, atrophy)
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    """Rotation matrix from angles (radians) about x, then y, then z."""
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def tissue_maps(template: Template, subject: Subject) -> dict[str, np.ndarray]:
+    """Subject-specific tissue probabilities on the MNI grid: cortical GM thinned by atrophy (into
+    CSF), the head layers. The maps sum to at most 1 per voxel; the rest is air."""
+    cortex = template.gm * (template.depth < 8.0)  # superficial GM thins with age, deep GM much less
+    lost = cortex * subject.atrophy
+    return {
+        "gm": template.gm - lost,
+        "wm": template.wm.copy(),
+        "csf": template.csf + lost,
+        "skull": template.skull,
+        "scalp": template.scalp,
+    }
