@@ -279,30 +279,39 @@ def render_exam(plan: ExamPlan, out: Path, config: SynthConfig) -> dict:
     folder, names = _file_names(site, plan)
     exam_dir = out / "images" / site.name / folder
     record: dict = {"exam_id": plan.exam_id, "folder": (exam_dir.relative_to(out)).as_posix(), "files": {}}
+    # what to sample on each acquisition grid; one coordinate computation per distinct grid
+    wanted: dict = {}
+    for sequence in present:
+        signal = render.render(tissues, maps, sequence, vessel_map)
+        wanted.setdefault(site.geometry[sequence], {})[sequence] = render.apply_contrast(
+            signal, template.brain, site.contrast
+        )
+        if site.skull_stripped:
+            wanted[site.geometry[sequence]]["brain"] = brain
+    with_seg = bool(plan.gliomas) and plan.cohort == "glioma"  # routine archives carry no segmentations
+    if with_seg:
+        wanted.setdefault(site.geometry["seg"], {}).update({n: maps[n] for n in lesions.BRATS_LABELS})
+    grids, sampled = {}, {}
+    for geometry, volumes in wanted.items():
+        grids[geometry] = render.acquisition_grid(geometry, config.spacing, centre, FOV_MM)
+        values = render.sample(list(volumes.values()), template, subject, *grids[geometry], geometry)
+        sampled[geometry] = dict(zip(volumes, values, strict=True))
+
     for sequence in present:
         geometry = site.geometry[sequence]
-        affine, shape = render.acquisition_grid(geometry, config.spacing, centre, FOV_MM)
-        signal = render.apply_contrast(
-            render.render(tissues, maps, sequence, vessel_map), template.brain, site.contrast
-        )
-        volumes = [signal, brain] if site.skull_stripped else [signal]
-        sampled = render.sample(volumes, template, subject, affine, shape, geometry)
-        image = render.finish(sampled[0], site, rng)
+        image = render.finish(sampled[geometry][sequence], site, rng)
         if site.skull_stripped:
-            image = np.where(sampled[1] > 0.5, image, 0).astype(np.int16)
+            image = np.where(sampled[geometry]["brain"] > 0.5, image, 0).astype(np.int16)
         path = exam_dir / f"{names[sequence]}.nii.gz"
-        _write_nifti(path, image, affine)
+        _write_nifti(path, image, grids[geometry][0])
         record["files"][sequence] = path.relative_to(out).as_posix()
-    if plan.gliomas and plan.cohort == "glioma":  # routine archives carry no segmentations
+    if with_seg:
         geometry = site.geometry["seg"]
-        affine, shape = render.acquisition_grid(geometry, config.spacing, centre, FOV_MM)
-        names_seg = list(lesions.BRATS_LABELS)
-        sampled = render.sample([maps[n] for n in names_seg], template, subject, affine, shape, geometry)
-        seg = lesions.segmentation(dict(zip(names_seg, sampled, strict=True)))
+        seg = lesions.segmentation(sampled[geometry])
         path = exam_dir / f"{names['seg']}.nii.gz"
-        _write_nifti(path, seg, affine)
+        _write_nifti(path, seg, grids[geometry][0])
         record["files"]["seg"] = path.relative_to(out).as_posix()
-        voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000.0
+        voxel_ml = abs(np.linalg.det(grids[geometry][0][:3, :3])) / 1000.0
         for name, label in (("necrotic_core", 1), ("oedema", 2), ("enhancing", 4)):
             record[f"seg_{name}_ml"] = round(float((seg == label).sum() * voxel_ml), 3)
     return record
