@@ -374,7 +374,7 @@ def synth(
 
     Anatomy comes from the MNI152 template shipped with nilearn; sites differ in contrast, bias
     field, noise, voxel size, slice thickness, orientation, intensity scale, missing sequences,
-    file naming and IDH prevalence. About 30% of exams (default) form the labelled glioma cohort:
+    file naming and IDH prevalence. A quarter of the exams (default) form the labelled glioma cohort:
     one baseline and one follow-up exam per patient, with IDH, MGMT, 1p/19q (IDH-mutant only) and
     post-treatment outcome; the rest is a routine pool (normal, white-matter lesions, infarcts,
     extra-axial masses, unlabelled gliomas) for pretraining.

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class FrozenConfig(BaseModel):
@@ -87,11 +87,11 @@ class AliasConfig(FrozenConfig):
 class SynthConfig(FrozenConfig):
     """The synthetic multi-site glioma cohort (``umbif synth``); saved in its cohort card."""
 
-    exams: int = 300  # total exams: routine pretraining pool + labelled glioma pairs
+    exams: int = 400  # total exams: routine pretraining pool + labelled glioma pairs
     seed: int = 0  # everything follows from it; the worker count does not matter
     sites: int = 5  # number of sites (1-6), each with its own scanner and naming conventions
     spacing: float = 2.0  # base voxel size in mm of the written images (sites scale it, e.g. thick slices)
-    glioma_fraction: float = 0.3  # share of exams that belong to the labelled glioma cohort (2 per patient)
+    glioma_fraction: float = 0.25  # share of exams that belong to the labelled glioma cohort (2 per patient)
     label_noise: float = 0.03  # probability that a recorded label is flipped
     strength: dict[str, float] = Field(default_factory=dict)  # association name -> multiplier (default 1)
     # routine exams: share of each finding (normal brains take the rest)
@@ -113,6 +113,19 @@ class SynthConfig(FrozenConfig):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"must be between 0 and 1, got {v}")
         return v
+
+    @field_validator("sites")
+    @classmethod
+    def _site_count(cls, v: int) -> int:
+        if not 1 <= v <= 6:
+            raise ValueError(f"sites must be between 1 and 6, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _routine_mix(self) -> SynthConfig:
+        if self.wmh + self.infarct + self.extra_axial + self.glioma > 1.0:
+            raise ValueError("wmh + infarct + extra_axial + glioma (shares of the routine pool) must not exceed 1")
+        return self
 
     @field_validator("spacing")
     @classmethod

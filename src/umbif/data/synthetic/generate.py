@@ -135,7 +135,7 @@ def plan_cohort(config: SynthConfig) -> tuple[list[ExamPlan], pd.DataFrame]:
     """Draw the whole archive: exams to render and one ground-truth row per exam."""
     site_list = sites(config.sites)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, _PLAN]))
-    template = anatomy.load_template(_template_resolution(config.spacing))
+    template = anatomy.load_template(2)  # tumour positions do not depend on the output spacing
     prevalence = np.array([s.idh_prevalence for s in site_list])
 
     n_patients = max(2, round(config.exams * config.glioma_fraction / 2)) if config.glioma_fraction > 0 else 0
@@ -144,10 +144,9 @@ def plan_cohort(config: SynthConfig) -> tuple[list[ExamPlan], pd.DataFrame]:
         raise ValueError(f"{config.exams} exams cannot hold {n_patients} glioma patients with two exams each")
     # labelled cohort: sites dealt round-robin so each site has its share
     glioma_sites = rng.permutation(np.arange(n_patients) % len(site_list))
-    kinds_p = [config.wmh, config.infarct, config.extra_axial, config.glioma]
-    if sum(kinds_p) > 1:
-        raise ValueError("wmh + infarct + extra_axial + glioma fractions must not exceed 1")
-    routine_kinds = rng.choice(KINDS, size=n_routine, p=[1 - sum(kinds_p), *kinds_p])
+    shares = np.array([0.0, config.wmh, config.infarct, config.extra_axial, config.glioma])
+    shares[0] = max(0.0, 1.0 - shares.sum())  # normal brains take the rest (SynthConfig checks sum <= 1)
+    routine_kinds = rng.choice(KINDS, size=n_routine, p=shares / shares.sum())
     routine_sites = rng.integers(0, len(site_list), n_routine)
 
     # one label/phenotype draw for every glioma (labelled cohort first, then routine gliomas)
@@ -225,7 +224,8 @@ def _truth_row(plan: ExamPlan, site_list, true=None, phenotype=None, posterior=N
 
 # ----------------------------------------------------------------------------------------- render
 def _template_resolution(spacing: float) -> int:
-    return 1 if spacing < 1.5 else 2
+    """The MNI grid to draw on: about as fine as the output (1 mm below 1.5 mm, 4 mm from 3.5 mm)."""
+    return 1 if spacing < 1.5 else 2 if spacing < 3.5 else 4
 
 
 def _seed(config_seed: int, stream: int, *keys: int) -> np.random.Generator:
@@ -251,7 +251,7 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     with atomic_write(path) as handle:
-        handle.write(gzip.compress(image.to_bytes(), compresslevel=1))
+        handle.write(gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))  # mtime 0: same bytes per seed
 
 
 def render_exam(plan: ExamPlan, out: Path, config: SynthConfig) -> dict:
@@ -391,9 +391,9 @@ def generate(
         ValueError: inconsistent settings, or ``out`` holds a cohort made with other settings.
     """
     out = Path(out)
+    plans, truth = plan_cohort(config)  # raises on inconsistent settings before anything is written
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, config)
-    plans, truth = plan_cohort(config)
     site_list = sites(config.sites)
     report = SynthReport(out=out)
     records: dict[str, dict] = {}
