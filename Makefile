@@ -9,8 +9,10 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.umbif-installed
 SAMPLE ?= ../shared/data/upenn-gbm-sample
 DEMO := work/demo
+EXAMS ?= 120
+WORKERS ?= 2
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo demo-real clean
 
 venv: $(STAMP)
 
@@ -27,17 +29,28 @@ lint: venv
 test: lint
 	$(BIN)/pytest -q
 
-# Demo on the real UPENN-GBM exam: files -> manifest -> validation -> summary -> exam cache.
+# Demo on the synthetic multi-site cohort: generate -> validate -> summary -> exam cache -> pictures.
+# Reruns reuse what is done; `make demo EXAMS=400` for the full default cohort.
 demo: venv
-	@test -d "$(SAMPLE)" || { echo "no exam folder at $(SAMPLE); run 'make demo SAMPLE=/path/to/exam_folder'"; exit 1; }
-	rm -rf $(DEMO) && mkdir -p $(DEMO)/data
-	cp -r "$(SAMPLE)" $(DEMO)/data/
-	$(BIN)/umbif ingest folder $(DEMO)/data --site demo --out $(DEMO)/manifest.csv
-	$(BIN)/umbif manifest validate $(DEMO)/manifest.csv
-	$(BIN)/umbif manifest summary $(DEMO)/manifest.csv
-	$(BIN)/umbif preprocess $(DEMO)/manifest.csv --out $(DEMO)/cache
+	$(BIN)/umbif synth --out $(DEMO)/synth --exams $(EXAMS) --workers $(WORKERS) --preview
+	$(BIN)/umbif manifest validate $(DEMO)/synth/manifest.csv
+	$(BIN)/umbif manifest summary $(DEMO)/synth/manifest.csv
+	$(BIN)/umbif preprocess $(DEMO)/synth/manifest.csv --out $(DEMO)/cache --workers $(WORKERS)
 	$(BIN)/umbif cache info $(DEMO)/cache --verify
 	$(BIN)/umbif cache show $(DEMO)/cache --out $(DEMO)/exam.png
+	@echo "look at $(DEMO)/synth/preview.png, $(DEMO)/exam.png and $(DEMO)/synth/cohort_card.md"
+
+# The same path on a real exam folder (default: the UPENN-GBM sample next to this checkout).
+demo-real: venv
+	@test -d "$(SAMPLE)" || { echo "no exam folder at $(SAMPLE); run 'make demo-real SAMPLE=/path/to/exam_folder'"; exit 1; }
+	rm -rf $(DEMO)/real && mkdir -p $(DEMO)/real/data
+	cp -r "$(SAMPLE)" $(DEMO)/real/data/
+	$(BIN)/umbif ingest folder $(DEMO)/real/data --site demo --out $(DEMO)/real/manifest.csv
+	$(BIN)/umbif manifest validate $(DEMO)/real/manifest.csv
+	$(BIN)/umbif manifest summary $(DEMO)/real/manifest.csv
+	$(BIN)/umbif preprocess $(DEMO)/real/manifest.csv --out $(DEMO)/real/cache
+	$(BIN)/umbif cache info $(DEMO)/real/cache --verify
+	$(BIN)/umbif cache show $(DEMO)/real/cache --out $(DEMO)/real/exam.png
 
 clean:
 	rm -rf work .pytest_cache

@@ -139,7 +139,7 @@ SITES: tuple[Site, ...] = (
         "site_e",
         "hospital",
         {
-            "t1": Geometry(voxel=(1.0, 1.0, 1.5), orientation="lps", slice_axis=0),
+            "t1": Geometry(voxel=(1.5, 1.0, 1.0), orientation="lps", slice_axis=0),  # sagittal slices
             "t1c": ISO,
             "t2": _THICK,
             "flair": _THICK,
