@@ -12,23 +12,24 @@ from umbif.data.synthetic.anatomy import Subject, Template, smooth_noise
 from umbif.data.synthetic.sites import Geometry, Site
 
 # Relative signal of each tissue / compartment per sequence (T1 white matter = 1). Orders follow
-# clinical MRI and are checked against the real UPENN-GBM exam in the tests: T1 WM > GM > CSF;
+# clinical MRI and are checked against the real UPENN-GBM exam in the tests (tumour values tuned to
+# its class medians relative to white matter): T1 WM > GM > CSF;
 # T2 CSF > GM > WM; FLAIR GM > WM > CSF (fluid suppressed), oedema and tumour bright on T2/FLAIR,
 # enhancing rim bright on T1c only; calcification dark on T2/FLAIR; scalp fat bright on T1.
 # fmt: off
 CONTRAST: dict[str, dict[str, float]] = {
     "t1": {
-        "gm": 0.68, "wm": 1.0, "csf": 0.22, "skull": 0.08, "scalp": 1.15, "necrosis": 0.3, "enhancing": 0.6,
-        "nonenhancing": 0.52, "oedema": 0.6, "calcification": 0.85, "cavity": 0.2, "wmh": 0.8, "infarct": 0.22,
+        "gm": 0.68, "wm": 1.0, "csf": 0.22, "skull": 0.08, "scalp": 1.15, "necrosis": 0.3, "enhancing": 0.9,
+        "nonenhancing": 0.6, "oedema": 0.78, "calcification": 0.85, "cavity": 0.2, "wmh": 0.8, "infarct": 0.22,
         "gliosis": 0.55, "meningioma": 0.66,
     },
     "t1c": {
-        "gm": 0.68, "wm": 1.0, "csf": 0.22, "skull": 0.08, "scalp": 1.15, "necrosis": 0.3, "enhancing": 1.45,
-        "nonenhancing": 0.55, "oedema": 0.62, "calcification": 0.85, "cavity": 0.2, "wmh": 0.8, "infarct": 0.22,
+        "gm": 0.68, "wm": 1.0, "csf": 0.22, "skull": 0.08, "scalp": 1.15, "necrosis": 0.3, "enhancing": 1.8,
+        "nonenhancing": 0.62, "oedema": 0.7, "calcification": 0.85, "cavity": 0.2, "wmh": 0.8, "infarct": 0.22,
         "gliosis": 0.6, "meningioma": 1.4,
     },
     "t2": {
-        "gm": 0.58, "wm": 0.4, "csf": 1.2, "skull": 0.06, "scalp": 0.8, "necrosis": 1.05, "enhancing": 0.7,
+        "gm": 0.58, "wm": 0.4, "csf": 1.2, "skull": 0.06, "scalp": 0.8, "necrosis": 1.05, "enhancing": 0.6,
         "nonenhancing": 0.9, "oedema": 0.88, "calcification": 0.15, "cavity": 1.2, "wmh": 0.85, "infarct": 1.2,
         "gliosis": 0.85, "meningioma": 0.62,
     },
