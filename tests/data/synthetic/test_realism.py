@@ -152,7 +152,9 @@ def test_procedure_finds_the_synthetic_tumour(synthetic: dict) -> None:
     seg, masks = synthetic["seg"], synthetic["masks"]
     assert (seg[masks["enhancing"]] == 4).mean() > 0.9
     assert (seg[masks["oedema"]] > 0).mean() > 0.8  # the rest: partial volume at its edge
-    assert (seg[masks["wm"] | masks["gm"] | masks["csf"]] > 0).mean() < 0.01
+    # normal tissue is almost never tumour: the infiltrative margin beyond the FLAIR-bright region
+    # (a soft edge the segmentation counts from 50% tumour on) is all that leaks in
+    assert (seg[masks["wm"] | masks["gm"] | masks["csf"]] > 0).mean() < 0.02
 
 
 @pytest.mark.parametrize("sequence", SEQUENCES)

@@ -86,18 +86,22 @@ def _label_text(task: str, value: float) -> str:
 
 def _gliomas(template: anatomy.Template, phenotype: pd.Series, rng: np.random.Generator) -> tuple:
     """Baseline and follow-up tumours of one patient from their latent phenotype."""
-    centre = lesions.pick_centre(template, bool(phenotype["frontal"]), bool(phenotype["cortical"]), rng)
+    volume = float(np.exp(phenotype["log_volume"]))
+    radius = (3 * volume * 1000 / (4 * np.pi)) ** (1 / 3)
+    centre = lesions.pick_centre(template, bool(phenotype["frontal"]), bool(phenotype["cortical"]), rng, radius)
+    # latent values are unbounded (the oracle is exact on them); drawing clips them to what a
+    # tumour can look like, which loses a little information, as imaging does
     baseline = lesions.Glioma(
         centre_mm=tuple(float(c) for c in centre),
-        volume_ml=float(np.exp(phenotype["log_volume"])),
+        volume_ml=volume,
         enhancing=float(expit(phenotype["enh_logit"])),
         necrosis=float(expit(phenotype["nec_logit"])),
-        sharpness=float(phenotype["sharpness"]),
-        oedema=float(phenotype["oedema"]),
-        heterogeneity=float(phenotype["heterogeneity"]),
+        sharpness=float(np.clip(phenotype["sharpness"], 0, 1)),
+        oedema=float(np.clip(phenotype["oedema"], 0.05, 2.0)),
+        heterogeneity=float(np.clip(phenotype["heterogeneity"], 0, 1)),
         mismatch=bool(phenotype["mismatch"]),
         calcification=bool(phenotype["calcification"]),
-        nodularity=0.7,
+        nodularity=1.0,  # untreated: solid enhancement
     )
     # after resection and chemoradiation: a cavity, the residual lesion grown (progression) or
     # reacting (treatment effect), its enhancement solid/nodular or feathery, maybe a new focus
@@ -105,15 +109,15 @@ def _gliomas(template: anatomy.Template, phenotype: pd.Series, rng: np.random.Ge
         replace(
             baseline,
             volume_ml=baseline.volume_ml * float(np.exp(phenotype["growth"])),
-            enhancing=float(np.clip(0.25 + 0.5 * baseline.enhancing + 0.3 * phenotype["nodularity"], 0, 1)),
+            enhancing=float(np.clip(0.25 + 0.5 * baseline.enhancing + 0.3 * phenotype["nodularity"], 0, 0.9)),
             necrosis=baseline.necrosis * 0.5,
             mismatch=False,
-            nodularity=float(phenotype["nodularity"]),
+            nodularity=float(np.clip(phenotype["nodularity"], 0, 1)),
             cavity=FOLLOW_UP_CAVITY,
         )
     ]
     if phenotype["new_lesion"]:
-        distant = lesions.pick_centre(template, bool(rng.random() < 0.5), False, rng)
+        distant = lesions.pick_centre(template, bool(rng.random() < 0.5), False, rng, radius_mm=8.0)
         follow_up.append(
             lesions.Glioma(
                 centre_mm=tuple(float(c) for c in distant),

@@ -38,8 +38,8 @@ class Glioma:
     """What the renderer needs to draw one glioma (one exam's state of it)."""
 
     centre_mm: tuple[float, float, float]  # MNI
-    volume_ml: float  # tumour core (enhancing + necrotic + non-enhancing)
-    enhancing: float  # fraction of the core that enhances (0-1)
+    volume_ml: float  # tumour core (enhancing + necrotic + non-enhancing), before its soft margin
+    enhancing: float  # fraction of the core that enhances (0-1; with necrosis scaled to <= 0.95)
     necrosis: float  # fraction of the core that is necrotic (0-1)
     sharpness: float  # 0 (infiltrative) - 1 (crisp)
     oedema: float  # oedema extent beyond the core, in core radii
@@ -69,21 +69,37 @@ def _box(template: Template, centre_mm: np.ndarray, radius_mm: float) -> tuple[t
     return box, mm
 
 
-def pick_centre(template: Template, frontal: bool, cortical: bool, rng: np.random.Generator) -> np.ndarray:
-    """An MNI point (mm) inside white matter, in or out of the frontal lobe, near the cortex or deep."""
+_CANDIDATES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _white_matter_points(template: Template) -> tuple[np.ndarray, np.ndarray]:
+    """MNI mm [N, 3] and depth [N] of white-matter voxels (computed once per template)."""
+    if id(template) not in _CANDIDATES:
+        index = np.argwhere(template.wm > 0.6)
+        _CANDIDATES[id(template)] = (index * template.spacing + template.affine[:3, 3], template.depth[tuple(index.T)])
+    return _CANDIDATES[id(template)]
+
+
+def pick_centre(
+    template: Template, frontal: bool, cortical: bool, rng: np.random.Generator, radius_mm: float = 15.0
+) -> np.ndarray:
+    """An MNI point (mm) in white matter, in or out of the frontal lobe, for a tumour of ``radius_mm``
+    that reaches the cortex (centre shallower than 0.8 radii) or stays deep (more than a radius
+    plus 4 mm from the surface; the deepest tenth of the region when no point is that deep)."""
     region = FRONTAL if frontal else NON_FRONTAL
-    index = np.argwhere(template.wm > 0.6)
-    mm = index * template.spacing + template.affine[:3, 3]
-    depth = template.depth[tuple(index.T)]
-    keep = (
+    mm, depth = _white_matter_points(template)
+    inside = (
         (mm[:, 1] >= region["y"][0])
         & (mm[:, 1] <= region["y"][1])
         & (mm[:, 2] >= region["z"][0])
         & (mm[:, 2] <= region["z"][1])
         & (np.abs(mm[:, 0]) > 12)  # off the midline
-        & ((depth < 14) if cortical else (depth > 18))
     )
-    candidates = mm[keep] if keep.any() else mm
+    keep = inside & ((depth < 0.8 * radius_mm) if cortical else (depth > radius_mm + 4.0))
+    if not keep.any():
+        cut = np.quantile(depth[inside], 0.1 if cortical else 0.9)
+        keep = inside & ((depth <= cut) if cortical else (depth >= cut))
+    candidates = mm[keep]
     return candidates[rng.integers(len(candidates))]
 
 
@@ -104,8 +120,11 @@ def draw_glioma(template: Template, maps: dict[str, np.ndarray], glioma: Glioma,
         return expit((level - distance) * radius / edge_mm).astype(np.float32)
 
     core = inside(1.0, width) * brain
-    necrosis_ratio = glioma.necrosis ** (1 / 3) if glioma.necrosis > 0.01 else 0.0
-    enhancing_ratio = (glioma.necrosis + glioma.enhancing * (1 - glioma.necrosis)) ** (1 / 3)
+    # necrosis fills the centre, the enhancing shell lies around it: radii from volume fractions
+    scale = min(1.0, 0.95 / max(glioma.necrosis + glioma.enhancing, 1e-6))  # leave some non-enhancing rim
+    necrosis_fraction, enhancing_fraction = glioma.necrosis * scale, glioma.enhancing * scale
+    necrosis_ratio = necrosis_fraction ** (1 / 3) if necrosis_fraction > 0.01 else 0.0
+    enhancing_ratio = (necrosis_fraction + enhancing_fraction) ** (1 / 3)
     necrosis = inside(necrosis_ratio, 0.8) * core if necrosis_ratio else np.zeros_like(core)
     enhancing = np.clip(inside(enhancing_ratio, 0.8) * core - necrosis, 0, 1)
     # enhancement pattern: solid/nodular (1) or feathery and patchy (0)
@@ -141,8 +160,9 @@ def draw_glioma(template: Template, maps: dict[str, np.ndarray], glioma: Glioma,
         maps["texture"][box] += texture * (core + oedema)
     if glioma.mismatch:
         # T2-FLAIR mismatch: the non-enhancing core is dark on FLAIR except for a thin bright rim
+        # (complete or near-complete in Patel 2017)
         maps.setdefault("mismatch", np.zeros(template.brain.shape, dtype=np.float32))
-        maps["mismatch"][box] = np.maximum(maps["mismatch"][box], inside(0.82, 1.0) * nonenhancing)
+        maps["mismatch"][box] = np.maximum(maps["mismatch"][box], inside(0.92, 1.0) * nonenhancing)
 
 
 def draw_wmh(template: Template, maps: dict[str, np.ndarray], count: int, rng: np.random.Generator) -> None:
