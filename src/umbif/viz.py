@@ -60,10 +60,15 @@ def plot_exam(
                 ax.set_ylabel(name, color="white", fontsize=10)
     if title:
         fig.suptitle(title, color="white", fontsize=10)
+    return _save(fig, path, dpi=110)
+
+
+def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
+    """Lay out and write a figure as PNG, atomically."""
     fig.tight_layout()
     path = Path(path)
     with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110, facecolor="black")
+        fig.savefig(handle, format="png", dpi=dpi, facecolor="black")
     return path
 
 
@@ -125,8 +130,4 @@ def plot_synth_preview(manifest, kinds: Sequence[str], path: str | Path, count: 
             if col == 0:
                 label = f"{exam.site}\n{kinds[index]} t{exam.timepoint:g}"
                 ax.set_ylabel(label, color="white", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100, facecolor="black")
-    return path
+    return _save(fig, path, dpi=100)
