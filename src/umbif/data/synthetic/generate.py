@@ -169,27 +169,31 @@ def plan_cohort(config: SynthConfig) -> tuple[list[ExamPlan], pd.DataFrame]:
         counters[site] += 1
         return counters[site], f"{site_list[site].name}-{counters[site]:04d}"
 
-    for k in range(n_patients):
-        site = int(glioma_sites[k])
-        local, patient_id = new_patient(site)
-        base, follow = _gliomas(template, phenotype.iloc[k], rng)
-        recorded = {task: _label_text(task, observed.iloc[k][task]) for task in ("idh", "mgmt", "codeletion_1p19q")}
-        for timepoint, tumours in ((0, base), (1, follow)):
-            labels = dict(recorded)
-            if timepoint == 1:
-                labels["outcome"] = _label_text("outcome", observed.iloc[k]["outcome"])
-            age = float(phenotype.iloc[k]["age"]) + 0.3 * timepoint
-            plans.append(
-                ExamPlan(
-                    f"{patient_id}-{timepoint}", patient_id, len(plans), site, local, timepoint, "glioma", "glioma",
-                    age, tumours, labels,
-                )
-            )  # fmt: skip
-            truth.append(_truth_row(plans[-1], site_list, true.iloc[k], phenotype.iloc[k], posterior.iloc[k]))
-    for j in range(n_routine):
+    # labelled and routine patients interleaved, as in an archive, and numbered in that order
+    for number in rng.permutation(n_patients + n_routine):
+        if number < n_patients:
+            k = int(number)
+            site = int(glioma_sites[k])
+            local, patient_id = new_patient(site)
+            base, follow = _gliomas(template, phenotype.iloc[k], rng)
+            recorded = {t: _label_text(t, observed.iloc[k][t]) for t in ("idh", "mgmt", "codeletion_1p19q")}
+            for timepoint, tumours in ((0, base), (1, follow)):
+                labels = dict(recorded)
+                if timepoint == 1:
+                    labels["outcome"] = _label_text("outcome", observed.iloc[k]["outcome"])
+                age = float(phenotype.iloc[k]["age"]) + 0.3 * timepoint
+                plans.append(
+                    ExamPlan(
+                        f"{patient_id}-{timepoint}", patient_id, len(plans), site, local, timepoint, "glioma",
+                        "glioma", age, tumours, labels,
+                    )
+                )  # fmt: skip
+                truth.append(_truth_row(plans[-1], site_list, true.iloc[k], phenotype.iloc[k], posterior.iloc[k]))
+            continue
+        j = int(number) - n_patients
         site, kind = int(routine_sites[j]), str(routine_kinds[j])
         local, patient_id = new_patient(site)
-        tumours, row = (), {}
+        tumours, row = (), ()
         if kind == "glioma":
             k = n_patients + int(np.searchsorted(routine_glioma, j))
             tumours, _ = _gliomas(template, phenotype.iloc[k], rng)
@@ -198,7 +202,7 @@ def plan_cohort(config: SynthConfig) -> tuple[list[ExamPlan], pd.DataFrame]:
         else:
             age = float(rng.uniform(*ROUTINE_AGE[kind]))
         plans.append(ExamPlan(f"{patient_id}-0", patient_id, len(plans), site, local, 0, kind, "routine", age, tumours))
-        truth.append(_truth_row(plans[-1], site_list, *row) if row else _truth_row(plans[-1], site_list))
+        truth.append(_truth_row(plans[-1], site_list, *row))
     # patient numbers for seeds: the same for both exams of a patient
     first = {}
     plans = [replace(p, patient=first.setdefault(p.patient_id, i)) for i, p in enumerate(plans)]
