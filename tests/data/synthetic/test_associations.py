@@ -23,7 +23,7 @@ from umbif.config import SynthConfig
 from umbif.data.synthetic import anatomy, lesions, render
 from umbif.data.synthetic.generate import plan_cohort
 
-SEED = 13  # seeds 11-14 all pass; at 13 every tested p < 4e-6 (worst over the four seeds: 3e-4)
+SEED = 13  # every tested p < 2e-4 at this seed (run with -s to see them)
 PATIENTS = 700  # planned (glioma cohort only); ~210 IDH-mutant, ~85 codeleted
 WILDTYPE_DRAWN = 160  # IDH-wildtype patients drawn at baseline (every IDH-mutant one is)
 FOLLOW_UP_DRAWN = 150  # patients drawn at follow-up, per outcome group
@@ -195,12 +195,10 @@ def test_the_drawn_cohort_has_every_group(drawn: pd.DataFrame, followed: pd.Data
 
 def test_idh_mutant_enhance_less(drawn: pd.DataFrame) -> None:
     """Carrillo 2012: less enhancement in IDH-mutant gliomas. Enhancing tumour / tumour core on the
-    BraTS segmentation. The enhancing partial volume over the core's is lower on average too, but much
-    diluted (about 0.12 vs 0.15, against 0.30 vs 0.53 in the latent fractions; p from 1e-2 to 1e-7
-    depending on the seed), so only its direction is checked."""
+    BraTS segmentation, and the enhancing partial volume over the core's."""
     mutant = drawn["idh_mut"] == 1
     assert _mann_whitney(drawn["et_of_tc"], mutant, ~mutant) < ALPHA
-    _mann_whitney(drawn["enhancing_of_core"], mutant, ~mutant)
+    assert _mann_whitney(drawn["enhancing_of_core"], mutant, ~mutant) < ALPHA
 
 
 def test_idh_mutant_have_less_necrosis(drawn: pd.DataFrame) -> None:
@@ -229,12 +227,11 @@ def test_codeleted_tumours_calcify(drawn: pd.DataFrame) -> None:
 
 def test_codeleted_tumours_involve_the_cortex(drawn: pd.DataFrame) -> None:
     """Johnson 2017: cortical involvement. The share of the core lying in cortical grey matter is
-    larger in codeleted tumours. Whether the solid core reaches the outermost voxel layer of the brain
-    (template depth <= 2 mm) is only a weak marker here: deep tumours (centre >= 18 mm deep) have a median
-    radius of ~20 mm and reach the surface about a third of the time too, so only its direction is checked."""
+    larger in codeleted tumours, and their solid core reaches the outermost voxel layer of the brain
+    (template depth <= 2 mm) more often."""
     codeleted = drawn["codel"] == 1
     assert _mann_whitney(drawn["cortex_of_core"], ~codeleted, codeleted) < ALPHA
-    _fisher((drawn["min_depth_mm"] <= 2.0).rename("reaches_surface"), ~codeleted, codeleted)
+    assert _fisher((drawn["min_depth_mm"] <= 2.0).rename("reaches_surface"), ~codeleted, codeleted) < ALPHA
 
 
 def test_t2_flair_mismatch_in_idh_mutant_1p19q_intact(drawn: pd.DataFrame) -> None:
