@@ -8,8 +8,10 @@ coordinates (mm) back into MNI space, so lesions drawn in MNI space deform with 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -19,6 +21,7 @@ CSF_SHELL_MM = (0.0, 2.5)
 SKULL_MM = (2.5, 9.0)
 SCALP_MM = (9.0, 14.0)
 VENTRICLE_CENTRE_MNI = np.array([0.0, -12.0, 18.0])  # mm, between the lateral ventricles
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,20 @@ def _coarsen(volume: np.ndarray) -> np.ndarray:
     """Mean over 2x2x2 blocks (an odd last slice is dropped)."""
     x, y, z = (n // 2 for n in volume.shape)
     return volume[: 2 * x, : 2 * y, : 2 * z].reshape(x, 2, y, 2, z, 2).mean(axis=(1, 3, 5))
+
+
+def per_template(compute: Callable[[Template], T]) -> Callable[[Template], T]:
+    """Cache ``compute(template)`` for each template object (templates are loaded once per process by
+    :func:`load_template` and live as long as it, so their ids stay theirs)."""
+    cache: dict[int, T] = {}
+
+    @wraps(compute)
+    def cached(template: Template) -> T:
+        if id(template) not in cache:
+            cache[id(template)] = compute(template)
+        return cache[id(template)]
+
+    return cached
 
 
 def smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -326,11 +326,11 @@ def render_exam(plan: ExamPlan, out: Path, config: SynthConfig) -> dict:
 
 
 def _init_worker() -> None:
-    """Workers share the CPU: no nested threading in NumPy/SciPy."""
-    import os
+    """Workers share the CPU: one BLAS/OpenMP thread each (NumPy is already imported here, so the
+    thread pools are limited at run time; environment variables would come too late)."""
+    from threadpoolctl import threadpool_limits
 
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[variable] = "1"
+    threadpool_limits(1)
 
 
 def _record_path(out: Path, exam_id: str) -> Path:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit
 
-from umbif.data.synthetic.anatomy import Template, smooth_noise
+from umbif.data.synthetic.anatomy import Template, per_template, smooth_noise
 
 # BraTS 2021 label convention: 1 necrosis / non-enhancing core, 2 oedema, 4 enhancing tumour
 BRATS_LABELS = {"necrosis": 1, "nonenhancing": 1, "oedema": 2, "enhancing": 4}
@@ -69,15 +69,11 @@ def _box(template: Template, centre_mm: np.ndarray, radius_mm: float) -> tuple[t
     return box, mm
 
 
-_CANDIDATES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
+@per_template
 def _white_matter_points(template: Template) -> tuple[np.ndarray, np.ndarray]:
-    """MNI mm [N, 3] and depth [N] of white-matter voxels (computed once per template)."""
-    if id(template) not in _CANDIDATES:
-        index = np.argwhere(template.wm > 0.6)
-        _CANDIDATES[id(template)] = (index * template.spacing + template.affine[:3, 3], template.depth[tuple(index.T)])
-    return _CANDIDATES[id(template)]
+    """MNI mm [N, 3] and depth [N] of white-matter voxels."""
+    index = np.argwhere(template.wm > 0.6)
+    return index * template.spacing + template.affine[:3, 3], template.depth[tuple(index.T)]
 
 
 def pick_centre(

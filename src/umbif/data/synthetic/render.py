@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from umbif.data.synthetic.anatomy import Subject, Template, smooth_noise
+from umbif.data.synthetic.anatomy import Subject, Template, per_template, smooth_noise
 from umbif.data.synthetic.sites import Geometry, Site
 
 # Relative signal of each tissue / compartment per sequence (T1 white matter = 1). Orders follow
@@ -45,20 +45,16 @@ MISMATCH_FLAIR = 0.42  # FLAIR signal of a mismatch core: suppressed like fluid,
 VESSEL_ENHANCEMENT = 0.9  # T1c signal added in dura, venous sinuses and cortical vessels
 
 
-_STATIC_VESSELS: dict[int, np.ndarray] = {}
-
-
+@per_template
 def _dura_and_sinus(template: Template) -> np.ndarray:
     """The enhancing structures every head has: the dura just outside the brain and the superior
-    sagittal sinus along the midline (computed once per template)."""
-    if id(template) not in _STATIC_VESSELS:
-        outside_band = (template.depth == 0) & (template.csf > 0.3) & ~template.brain
-        dura = ndimage.gaussian_filter(outside_band.astype(np.float32), 0.5) * 0.5
-        x_mm = np.arange(template.brain.shape[0]) * template.affine[0, 0] + template.affine[0, 3]
-        z_mm = np.arange(template.brain.shape[2]) * template.affine[2, 2] + template.affine[2, 3]
-        midline = (np.abs(x_mm)[:, None, None] < 3.0) & (z_mm[None, None, :] > 10)
-        _STATIC_VESSELS[id(template)] = np.clip(dura + (midline & outside_band), 0, 1).astype(np.float32)
-    return _STATIC_VESSELS[id(template)]
+    sagittal sinus along the midline."""
+    outside_band = (template.depth == 0) & (template.csf > 0.3) & ~template.brain
+    dura = ndimage.gaussian_filter(outside_band.astype(np.float32), 0.5) * 0.5
+    x_mm = np.arange(template.brain.shape[0]) * template.affine[0, 0] + template.affine[0, 3]
+    z_mm = np.arange(template.brain.shape[2]) * template.affine[2, 2] + template.affine[2, 3]
+    midline = (np.abs(x_mm)[:, None, None] < 3.0) & (z_mm[None, None, :] > 10)
+    return np.clip(dura + (midline & outside_band), 0, 1).astype(np.float32)
 
 
 def vessels(template: Template, rng: np.random.Generator) -> np.ndarray:
