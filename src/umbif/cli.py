@@ -230,6 +230,111 @@ def ingest_brats(
     _write_ingested(report, root, out_path)
 
 
+@ingest_app.command("ucsf")
+def ingest_ucsf(
+    root: Annotated[Path, typer.Argument(help="UCSF-PDGM download: folders UCSF-PDGM-0004_nifti/ anywhere below.")],
+    out_path: OutOption = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="The metadata table (UCSF-PDGM-metadata_v2.csv or later): IDH, MGMT, 1p/19q.")
+    ] = None,
+    site: Annotated[str, typer.Option(help="Site name for every exam (default: UCSF-PDGM).")] = "UCSF-PDGM",
+    bias_corrected: Annotated[
+        bool, typer.Option("--bias-corrected", help="Use the N4 bias-corrected *_bias images, not the plain ones.")
+    ] = False,
+) -> None:
+    """Build a manifest from UCSF-PDGM (docs/ingest.md).
+
+    `UCSF-PDGM-0004_nifti/UCSF-PDGM-0004_{T1,T1c,T2,FLAIR}.nii.gz` are the sequences,
+    `_tumor_segmentation` the seg, `_brain_segmentation` the brain mask; ADC, DWI, SWI, ASL and DTI
+    maps are skipped. `UCSF-PDGM-0433_FU007d_nifti` is a follow-up of patient 0433. The metadata's
+    three-digit ids (`UCSF-PDGM-004`) match the four-digit folders.
+    """
+    from umbif.data.sources.ucsf import ingest_ucsf as run
+
+    try:
+        report = run(root, labels, site, bias_corrected)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    _write_ingested(report, root, out_path)
+
+
+@ingest_app.command("upenn")
+def ingest_upenn(
+    root: Annotated[Path, typer.Argument(help="UPENN-GBM NIfTI-files folder (or a folder above it).")],
+    out_path: OutOption = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="The clinical table (UPENN-GBM_clinical_info_v2.1.csv): IDH1, MGMT, PsP_TP_score."),
+    ] = None,
+    site: Annotated[str, typer.Option(help="Site name for every exam (default: UPENN-GBM).")] = "UPENN-GBM",
+) -> None:
+    """Build a manifest from UPENN-GBM (docs/ingest.md).
+
+    `images_structural/UPENN-GBM-00001_11/UPENN-GBM-00001_11_{T1,T1GD,T2,FLAIR}.nii.gz` are the
+    sequences, `images_segm/..._segm` (or else `automated_segm/..._automated_approx_segm`) the seg.
+    Scan `_11` is the baseline (timepoint 0), `_21` the follow-up (timepoint 1); unstripped, DTI and
+    DSC images are skipped.
+    """
+    from umbif.data.sources.upenn import ingest_upenn as run
+
+    try:
+        report = run(root, labels, site)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    _write_ingested(report, root, out_path)
+
+
+@ingest_app.command("egd")
+def ingest_egd(
+    root: Annotated[Path, typer.Argument(help="Erasmus Glioma Database folder (SUBJECTS/EGD-0001/... below it).")],
+    out_path: OutOption = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Genetic_and_Histological_labels as .tsv or .csv: IDH, 1p19q (1 / 0 / -1).")
+    ] = None,
+    site: Annotated[str, typer.Option(help="Site name for every exam (default: EGD).")] = "EGD",
+) -> None:
+    """Build a manifest from the Erasmus Glioma Database (docs/ingest.md).
+
+    `EGD-0001/{T1,T1GD,T2,FLAIR}.nii.gz` are the sequences and `MASK.nii.gz` the tumour seg;
+    `METADATA/Brain_mask.nii.gz`, the atlas brain mask, is every exam's brain mask. -1 in the labels
+    table means missing.
+    """
+    from umbif.data.sources.egd import ingest_egd as run
+
+    try:
+        report = run(root, labels, site)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    _write_ingested(report, root, out_path)
+
+
+@ingest_app.command("lumiere")
+def ingest_lumiere(
+    root: Annotated[Path, typer.Argument(help="LUMIERE Imaging folder (Patient-001/week-000-1/... below it).")],
+    out_path: OutOption = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="LUMIERE-Demographics_Pathology.csv: IDH and MGMT per patient.")
+    ] = None,
+    ratings: Annotated[
+        Path | None, typer.Option(help="LUMIERE-ExpertRating-v202211.csv: RANO rating per exam -> outcome.")
+    ] = None,
+    site: Annotated[str, typer.Option(help="Site name for every exam (default: LUMIERE).")] = "LUMIERE",
+) -> None:
+    """Build a manifest from LUMIERE (docs/ingest.md).
+
+    `Patient-001/week-044/{T1,CT1,T2,FLAIR}.nii.gz` are the sequences; timepoint is the week. With
+    --ratings, PD becomes outcome progression and CR/PR/SD treatment_effect on exams after the
+    post-operative scan; Pre-Op and Post-Op exams get none.
+    """
+    from umbif.data.sources.lumiere import ingest_lumiere as run
+
+    try:
+        report = run(root, labels, ratings, site)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    _write_ingested(report, root, out_path)
+
+
 # -------------------------------------------------------------------------------------- preprocess
 @app.command("preprocess")
 def preprocess(
