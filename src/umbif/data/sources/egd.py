@@ -98,7 +98,7 @@ def ingest_egd(root: str | Path, labels: str | Path | None = None, site: str = S
     brain_mask = brain_masks[0] if len(brain_masks) == 1 else ""
 
     rows = []
-    for patient, targets in claims.items():
+    for patient, targets in sorted(claims.items()):
         placed, several = place_claims(targets, patient)
         problems += several
         if not any(target in placed for target in ("t1", "t1c", "t2", "flair")):

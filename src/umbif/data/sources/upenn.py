@@ -114,7 +114,7 @@ def ingest_upenn(root: str | Path, labels: str | Path | None = None, site: str =
             problems.append(f"{where}: map {match['kind']!r} not recognised; skipped")
 
     rows = []
-    for exam, targets in claims.items():
+    for exam, targets in sorted(claims.items()):
         placed, several = place_claims(targets, exam)
         problems += several
         if not any(target in placed for target in SEQUENCE_KINDS.values()):
