@@ -1,0 +1,799 @@
+"""DICOM ingest: walk a tree of DICOM files, group them into studies and series, recognise T1 / T1c /
+T2 / FLAIR from the headers, convert the chosen series to NIfTI with checked geometry, and
+pseudonymise on the way.
+
+::
+
+    ROOT/**/any files  ->  OUT/<patient pseudonym>/<exam pseudonym>/{t1,t1c,t2,flair}.nii.gz
+                           OUT/series.csv: every series and what became of it (and why)
+                           manifest rows: exam_id, patient_id (keyed pseudonyms), site, timepoint (days)
+
+Per series, in this order, the first reason that applies is reported and the series is left out:
+not MR, enhanced multi-frame, derived (ImageType DERIVED/SECONDARY), localizer, too few slices;
+then :func:`classify` (other and ambiguous series are listed, not converted); then
+:func:`stack_slices` refuses stacks that are not one regular volume (mixed orientations, repeated
+positions, non-uniform spacing such as a missing slice, gantry tilt). Several usable series of one
+sequence in a study are resolved by :class:`SeriesRules` ``duplicates`` and reported.
+
+Nothing that identifies a patient leaves this module: patient ids become keyed hashes
+(:mod:`umbif.data.pseudonym`), study dates become days since the patient's first exam, and names,
+birth dates, accession numbers and UIDs are read only to group files. Problem lines name files by
+their path under ROOT and series by exam pseudonym, SeriesNumber and SeriesDescription (left out
+when it contains one of the study's identifiers).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+from pydantic import field_validator
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+
+from umbif.config import FrozenConfig
+from umbif.data.pseudonym import Pseudonymiser, day_offsets, leaks, parse_date
+from umbif.data.sources.common import IngestReport, manifest_from_rows, site_name
+from umbif.utils import atomic_write
+
+ENHANCED_MR = frozenset({"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4"})
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM patient space is LPS, NIfTI world space is RAS
+ORIENTATION_TOLERANCE = 1e-3  # direction cosines that differ less are the same orientation
+SPACING_TOLERANCE_MM = 0.05  # slice gaps, in-plane spacings and sideways shifts within this are equal ...
+SPACING_TOLERANCE_FRACTION = 0.01  # ... or within this fraction of the slice spacing (the larger wins)
+LOCALIZER_MAX_SLICES = 5  # a series in several orientations with at most this many slices each is a localizer
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+SERIES_COLUMNS = (
+    "exam_id",
+    "patient_id",
+    "series_number",
+    "description",
+    "folder",
+    "files",
+    "decision",
+    "reason",
+    "nifti",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def _check_regex(pattern: str) -> str:
+    try:
+        _regex(pattern)
+    except re.error as err:
+        raise ValueError(f"not a valid regular expression: {pattern!r} ({err})") from err
+    return pattern
+
+
+def _words(*words: str) -> str:
+    """Regex matching any of ``words`` not glued to other letters (digits, ``_`` and spaces separate)."""
+    return r"(?<![a-z])(?:" + "|".join(words) + r")(?![a-z])"
+
+
+class SequenceRule(FrozenConfig):
+    """How one sequence is recognised: words in the series' names, and the TR/TE/TI it is acquired with."""
+
+    names: str  # regex searched (any case) in "SeriesDescription | ProtocolName | SequenceName"
+    not_names: str = ""  # regex that vetoes a names match (T1-FLAIR is T1-weighted, so FLAIR vetoes "t1")
+    tr_ms: tuple[float | None, float | None] = (None, None)  # RepetitionTime (min, max); None: no bound
+    te_ms: tuple[float | None, float | None] = (None, None)  # EchoTime (min, max)
+    ti_ms: tuple[float | None, float | None] = (None, None)  # InversionTime (min, max); none in the header = 0
+
+    @field_validator("names", "not_names")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return _check_regex(value)
+
+    def named(self, text: str) -> bool:
+        return bool(_regex(self.names).search(text)) and not (self.not_names and _regex(self.not_names).search(text))
+
+    def timed(self, acquisition: Acquisition) -> bool:
+        """Whether TR, TE and TI fall in this rule's ranges; False when TR or TE is unknown."""
+        if acquisition.tr is None or acquisition.te is None:
+            return False
+        values = (acquisition.tr, acquisition.te, acquisition.ti or 0.0)
+        bounds = (self.tr_ms, self.te_ms, self.ti_ms)
+        return all(
+            (lo is None or v >= lo) and (hi is None or v <= hi) for v, (lo, hi) in zip(values, bounds, strict=True)
+        )
+
+
+class SeriesRules(FrozenConfig):
+    """How series are classified and chosen; load your own with ``SeriesRules.from_yaml`` (docs/dicom.md).
+
+    Regexes are searched in the lower-cased ``SeriesDescription | ProtocolName | SequenceName``.
+    """
+
+    t1: SequenceRule = SequenceRule(  # T1-weighted: SE/TSE, MPRAGE, SPGR/BRAVO, TFE, VIBE; T1c with contrast
+        names=r"(?<![a-z0-9])t1|mp-?2?rage|spgr|bravo|tfl3d|vibe|" + _words("tfe"),
+        tr_ms=(None, 3000.0),
+        te_ms=(None, 30.0),
+        ti_ms=(None, 1300.0),
+    )
+    t2: SequenceRule = SequenceRule(  # T2-weighted (T2* and STIR are "other")
+        names=r"(?<![a-z0-9])t2",
+        not_names=r"flair|dark.?fluid|tirm|(?<![a-z0-9])t2f(?![a-z])",
+        tr_ms=(2000.0, None),
+        te_ms=(70.0, None),
+        ti_ms=(None, 100.0),
+    )
+    flair: SequenceRule = SequenceRule(  # T2-FLAIR; "T1 FLAIR" (GE) is T1-weighted
+        names=r"flair|dark.?fluid|tirm|(?<![a-z0-9])t2f(?![a-z])",
+        not_names=r"(?<![a-z0-9])t1",
+        tr_ms=(4000.0, None),
+        te_ms=(50.0, None),
+        ti_ms=(1500.0, 3500.0),
+    )
+    other: str = _words(  # series that are none of the four, whatever else their names say
+        r"dwi|diff\w*|adc|trace|dti|tensor|ep_b\d*|epfid|perf\w*|dsc|dce|p?c?asl|bold|fmri|rest",
+        r"swi|swan|susc\w*|t2\s?\*|t2\s?star|hemo|gre_?field\w*|field\s?map\w*",
+        r"tof|angio|mra|mrv|venogra\w*|spectro\w*|mrs|csi|svs|cine|flow|stir|pd|mip|sub|map|maps",
+    )
+    other_scanning_sequences: tuple[str, ...] = ("EP",)  # ScanningSequence values that make a series "other"
+    localizer: str = _words(r"localizer|localiser|loc|scout|survey|3.?plane|tri.?pilot|aahead\w*|pilot")
+    contrast: str = (  # words that mean a contrast agent was given
+        _words(r"post|gd|gad\w*|c\+|\+\s?c|\+\s?gd|contrast|kontrast|km|ce|mdc") + r"|(?<![a-z0-9])t1w?ce?(?![a-z])"
+    )
+    no_contrast: str = _words(  # words that mean none was; they win over contrast words in the same name
+        r"pre(?:[\s_-]?(?:contrast|gd|c))?|nativ|native|plain|non[\s_-]?contrast|no[\s_-]?contrast",
+        r"w/?o(?:[\s_-]?(?:contrast|gd|c))?|without(?:[\s_-]?(?:contrast|gd|km))?|ohne[\s_-]?km",
+    )
+    skip_derived: bool = True  # ImageType DERIVED or SECONDARY (reformats, maps, MIPs) is not acquired data
+    duplicates: Literal["prefer", "none"] = "prefer"  # several series of a sequence in a study: keep the
+    # preferred one (pre-contrast for T2/FLAIR, then finest voxels, then the latest repeat) or none; reported
+    min_slices: int = 3  # fewer slices is not a brain volume (single images, scouts)
+
+    @field_validator("other", "localizer", "contrast", "no_contrast")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return _check_regex(value)
+
+
+# ------------------------------------------------------------------------------------------ headers
+@dataclass(frozen=True)
+class Acquisition:
+    """The header fields that say what a series is."""
+
+    description: str = ""  # SeriesDescription
+    protocol: str = ""  # ProtocolName
+    sequence_name: str = ""  # SequenceName (Siemens *tse2d1_15, *tir2d1_16, *tfl3d1)
+    scanning_sequence: tuple[str, ...] = ()  # ScanningSequence: SE, IR, GR, EP, RM
+    tr: float | None = None  # RepetitionTime, ms
+    te: float | None = None  # EchoTime, ms
+    ti: float | None = None  # InversionTime, ms; None when the header has none
+    contrast_agent: str = ""  # ContrastBolusAgent
+
+    @property
+    def text(self) -> str:
+        return " | ".join(t for t in (self.description, self.protocol, self.sequence_name) if t).lower()
+
+    @property
+    def timing(self) -> str:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:g}"
+
+        return f"TR {ms(self.tr)} TE {ms(self.te)} TI {ms(self.ti)}"
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What umbif reads from one DICOM file. Identifiers stay in memory to group files; none is written."""
+
+    path: Path
+    relative: str  # posix path under the walked root: the only name a file gets in problem lines
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    study_date: str
+    identifiers: frozenset[str]  # name (and its parts), ids, birth date, accession, study date
+    series_number: int | None
+    modality: str
+    sop_class: str
+    image_type: tuple[str, ...]
+    frames: int
+    samples: int  # SamplesPerPixel: 1 for grey-scale
+    shape: tuple[int, int] | None  # (Rows, Columns)
+    position: tuple[float, ...] | None  # ImagePositionPatient, LPS mm
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient: row direction, column direction
+    pixel_spacing: tuple[float, ...] | None  # PixelSpacing: between rows, between columns (mm)
+    acquisition: Acquisition
+
+
+class DicomError(ValueError):
+    """A file that cannot be used; the message names it by its path under ROOT."""
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _number(ds: Dataset, keyword: str) -> float | None:
+    value = ds.get(keyword)
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else None
+    try:
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _numbers(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    value = ds.get(keyword)
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == count and all(np.isfinite(numbers)) else None
+
+
+def _identifiers(ds: Dataset) -> frozenset[str]:
+    name = _text(ds, "PatientName")
+    values = [name, *re.split(r"[\^=]", name)]
+    values += [_text(ds, k) for k in ("PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate", "StudyID")]
+    values += [_text(ds, "InstitutionName"), _text(ds, "ReferringPhysicianName")]
+    return frozenset(v for v in values if v)
+
+
+def read_header(path: Path, root: Path) -> SliceHeader:
+    """The header of one DICOM image file (pixel data not read).
+
+    Raises:
+        DicomError: not DICOM, unreadable, no image in it, or no Study/Series Instance UID. The
+            message names the file by its path under ``root`` and never quotes header values.
+    """
+    relative = path.relative_to(root).as_posix()
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        raise DicomError(f"{relative}: not a DICOM file; skipped") from None
+    except Exception as err:  # a damaged file raises anything from struct.error to KeyError; the rest goes on
+        raise DicomError(f"{relative}: unreadable DICOM header ({type(err).__name__}); skipped") from None
+    sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", Dataset()), "MediaStorageSOPClassUID")
+    if "Rows" not in ds or "Columns" not in ds:
+        kind = UID(sop_class).name if sop_class else "unknown kind"
+        raise DicomError(f"{relative}: DICOM without an image ({kind}); skipped")
+    study, series = _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID")
+    if not study or not series:
+        raise DicomError(f"{relative}: no StudyInstanceUID or SeriesInstanceUID; skipped")
+    number = _number(ds, "SeriesNumber")
+    return SliceHeader(
+        path=path,
+        relative=relative,
+        patient_id=_text(ds, "PatientID"),
+        study_uid=study,
+        series_uid=series,
+        study_date=_text(ds, "StudyDate") or _text(ds, "SeriesDate"),
+        identifiers=_identifiers(ds),
+        series_number=None if number is None else int(number),
+        modality=_text(ds, "Modality").upper(),
+        sop_class=sop_class,
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+        frames=int(_number(ds, "NumberOfFrames") or 1),
+        samples=int(_number(ds, "SamplesPerPixel") or 1),
+        shape=(int(ds.Rows), int(ds.Columns)),
+        position=_numbers(ds, "ImagePositionPatient", 3),
+        orientation=_numbers(ds, "ImageOrientationPatient", 6),
+        pixel_spacing=_numbers(ds, "PixelSpacing", 2),
+        acquisition=Acquisition(
+            description=_text(ds, "SeriesDescription"),
+            protocol=_text(ds, "ProtocolName"),
+            sequence_name=_text(ds, "SequenceName"),
+            scanning_sequence=tuple(str(v).upper() for v in (ds.get("ScanningSequence") or ())),
+            tr=_number(ds, "RepetitionTime"),
+            te=_number(ds, "EchoTime"),
+            ti=_number(ds, "InversionTime"),
+            contrast_agent=_text(ds, "ContrastBolusAgent"),
+        ),
+    )
+
+
+def read_headers(
+    files: Sequence[Path], root: Path, on_progress: Callable[[int, int], None] | None = None
+) -> tuple[list[SliceHeader], list[str]]:
+    """Headers of ``files``; files that are not usable DICOM images come back as one problem line each."""
+    headers, problems = [], []
+    for done, path in enumerate(files, start=1):
+        try:
+            headers.append(read_header(path, root))
+        except DicomError as err:
+            problems.append(str(err))
+        if on_progress:
+            on_progress(done, len(files))
+    return headers, problems
+
+
+def list_files(root: Path, exclude: Path | None = None) -> list[Path]:
+    """Every file under ``root`` in path order; hidden files and folders and ``exclude`` left out."""
+    found = []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(folder, d) != exclude)
+        found.extend(Path(folder, f) for f in sorted(filenames) if not f.startswith("."))
+    return found
+
+
+# ----------------------------------------------------------------------------------------- geometry
+class GeometryError(ValueError):
+    """Slices that do not form one regular volume; the message says why."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The slices of one volume in order along the slice normal, and the voxel-to-RAS affine.
+
+    Voxel ``(i, j, k)`` is column ``i`` and row ``j`` of slice ``k`` (NIfTI convention)."""
+
+    slices: tuple[SliceHeader, ...]
+    affine: np.ndarray  # [4, 4], voxel -> RAS mm
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        rows, columns = self.slices[0].shape
+        return columns, rows, len(self.slices)
+
+    @property
+    def voxel_volume(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+
+def _tolerance(step: float) -> float:
+    return max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * step)
+
+
+def stack_slices(slices: Sequence[SliceHeader]) -> Stack:
+    """Order the slices of one series by position along the slice normal and build its affine.
+
+    The normal is the cross product of the row and column directions; slices are sorted by the
+    projection of ImagePositionPatient on it, never by file name or InstanceNumber.
+
+    Raises:
+        GeometryError: geometry tags missing, slices differing in size, orientation or pixel
+            spacing, positions repeated (echoes, phases), non-uniform spacing (a missing slice), or
+            positions that drift sideways from the normal (gantry tilt).
+    """
+    lacking = [s.relative for s in slices if s.position is None or s.orientation is None or s.pixel_spacing is None]
+    if lacking:
+        raise GeometryError(
+            f"{len(lacking)} files lack ImagePositionPatient, ImageOrientationPatient or PixelSpacing "
+            f"(e.g. {lacking[0]})"
+        )
+    if len(slices) < 2:
+        raise GeometryError("one slice is not a volume")
+    if len({s.shape for s in slices}) > 1:
+        raise GeometryError(f"slices differ in size: {sorted({s.shape for s in slices})} (rows, columns)")
+    orientations = np.array([s.orientation for s in slices])
+    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
+        raise GeometryError("slices differ in ImageOrientationPatient; not one stack")
+    spacings = np.array([s.pixel_spacing for s in slices])
+    if np.abs(spacings - spacings[0]).max() > SPACING_TOLERANCE_MM * 0.1:
+        raise GeometryError("slices differ in PixelSpacing; not one stack")
+    row, column = orientations[0, :3], orientations[0, 3:]
+    row, column = row / np.linalg.norm(row), column / np.linalg.norm(column)
+    if abs(row @ column) > ORIENTATION_TOLERANCE:
+        raise GeometryError("ImageOrientationPatient rows and columns are not perpendicular")
+    normal = np.cross(row, column)
+
+    order = np.argsort(np.array([s.position for s in slices]) @ normal, kind="stable")
+    ordered = [slices[i] for i in order]
+    positions = np.array([s.position for s in ordered])  # [S, 3] LPS mm
+    distance = positions @ normal
+    steps = np.diff(distance)
+    step = float(np.median(steps))
+    if (steps < _tolerance(step) if step > 0 else steps <= 0).any():
+        k = int(np.argmin(steps))
+        raise GeometryError(
+            f"{int((steps < _tolerance(max(step, 0.0))).sum())} slices repeat the position of another "
+            f"(e.g. {ordered[k].relative} and {ordered[k + 1].relative}): several echoes, phases or repeats in "
+            "one series"
+        )
+    uneven = np.flatnonzero(np.abs(steps - step) > _tolerance(step))
+    if uneven.size:
+        k = int(uneven[0])
+        missing = round(steps[k] / step) - 1
+        hint = "" if missing < 1 else ": a missing slice?" if missing == 1 else f": about {missing} missing slices?"
+        raise GeometryError(
+            f"slice spacing not uniform: {steps[k]:.2f} mm between {ordered[k].relative} and "
+            f"{ordered[k + 1].relative} where most are {step:.2f} mm{hint}"
+        )
+    offsets = positions - positions[0]
+    along = offsets @ normal
+    sideways = np.linalg.norm(offsets - along[:, None] * normal, axis=1)
+    if (sideways > np.maximum(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * along)).any():
+        angle = np.degrees(np.arctan2(sideways[-1], along[-1]))
+        raise GeometryError(
+            f"slices shift sideways as they advance ({angle:.1f} degrees off the slice normal): gantry tilt "
+            "or a sheared stack; resample it first (e.g. dcm2niix corrects gantry tilt)"
+        )
+    row_spacing, column_spacing = spacings[0]
+    lps = np.eye(4)
+    lps[:3, 0] = row * column_spacing  # i runs along a row: one column per step
+    lps[:3, 1] = column * row_spacing  # j runs down a column: one row per step
+    lps[:3, 2] = (positions[-1] - positions[0]) / (len(ordered) - 1)
+    lps[:3, 3] = positions[0]
+    return Stack(tuple(ordered), LPS_TO_RAS @ lps)
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """One slice's real values (stored values times RescaleSlope plus RescaleIntercept), [rows, columns].
+
+    pydicom decodes uncompressed and RLE data; for compressions it has no decoder for here (JPEG
+    lossless, JPEG-LS) SimpleITK's GDCM reads the file and applies the rescale itself.
+    """
+    ds = pydicom.dcmread(path)
+    try:
+        pixels = ds.pixel_array.astype(np.float32)
+    except (RuntimeError, NotImplementedError):
+        import SimpleITK as sitk
+
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0].astype(np.float32)
+    slope = _number(ds, "RescaleSlope")
+    intercept = _number(ds, "RescaleIntercept")
+    return pixels * np.float32(slope or 1.0) + np.float32(intercept or 0.0)
+
+
+def read_volume(stack: Stack) -> np.ndarray:
+    """The voxel values of a stack, [i, j, k] as in :class:`Stack`: int16 when every real value is a whole
+    number that fits, else float32.
+
+    Raises:
+        DicomError: a file's pixel data cannot be decoded or has the wrong size.
+    """
+    volume = np.empty(stack.shape, np.float32)
+    for k, header in enumerate(stack.slices):
+        try:
+            pixels = read_pixels(header.path)
+        except Exception as err:  # decoders raise many types on damaged data; the series is reported
+            raise DicomError(f"{header.relative}: pixel data unreadable ({type(err).__name__})") from None
+        if pixels.shape != header.shape:
+            raise DicomError(f"{header.relative}: pixel data is {pixels.shape}, the header says {header.shape}")
+        volume[:, :, k] = pixels.T
+    whole = np.array_equal(volume, np.round(volume))
+    if whole and volume.size and volume.min() >= np.iinfo(np.int16).min and volume.max() <= np.iinfo(np.int16).max:
+        return volume.astype(np.int16)
+    return volume
+
+
+def write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
+    """Write gzipped NIfTI atomically, sform and qform set to the scanner affine; no text fields."""
+    image = nib.Nifti1Image(volume, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    with atomic_write(path) as handle:
+        handle.write(gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))
+
+
+def convert(slices: Sequence[SliceHeader], path: Path) -> Stack:
+    """Stack, read and write one series as NIfTI at ``path``.
+
+    Raises:
+        GeometryError: see :func:`stack_slices`.
+        DicomError: pixel data unreadable.
+    """
+    stack = stack_slices(slices)
+    write_nifti(path, read_volume(stack), stack.affine)
+    return stack
+
+
+# ----------------------------------------------------------------------------------- classification
+@dataclass(frozen=True)
+class Classification:
+    """What a series is: ``sequence`` set for t1/t1c/t2/flair, else ``kind`` says other or ambiguous."""
+
+    kind: Literal["sequence", "other", "ambiguous"]
+    reason: str
+    sequence: str | None = None
+    contrast: bool = False  # contrast words or ContrastBolusAgent; pre-contrast T2/FLAIR is preferred
+
+
+def classify(acquisition: Acquisition, rules: SeriesRules | None = None) -> Classification:
+    """Classify a series as t1, t1c, t2, flair, other or ambiguous from its headers.
+
+    Names first: each rule's ``names`` regex (minus ``not_names``). Two names at once is ambiguous.
+    One name whose TR/TE/TI fit another rule is ambiguous too; fitting no rule's timing is fine.
+    Without a name, the timing alone decides when exactly one rule fits. A T1 with contrast evidence
+    (words or ContrastBolusAgent, unless a no-contrast word says otherwise) is t1c; contradicting
+    evidence on a T1 is ambiguous.
+
+    Example:
+        >>> classify(Acquisition("AX T1 POST GD", tr=550, te=9)).sequence
+        't1c'
+    """
+    rules = rules or SeriesRules()
+    text = acquisition.text
+    if match := _regex(rules.other).search(text):
+        return Classification("other", f"name says {match.group(0)!r}")
+    if epi := set(acquisition.scanning_sequence) & set(rules.other_scanning_sequences):
+        return Classification("other", f"ScanningSequence {'/'.join(sorted(epi))}")
+    sequence_rules = {"t1": rules.t1, "t2": rules.t2, "flair": rules.flair}
+    named = [name for name, rule in sequence_rules.items() if rule.named(text)]
+    timed = [name for name, rule in sequence_rules.items() if rule.timed(acquisition)]
+    if len(named) > 1:
+        return Classification("ambiguous", f"name fits {' and '.join(named)}")
+    if named and timed and named[0] not in timed:
+        return Classification("ambiguous", f"name says {named[0]} but {acquisition.timing} fit {timed[0]}")
+    if named:
+        base, evidence = named[0], "name"
+    elif len(timed) == 1:
+        base, evidence = timed[0], acquisition.timing
+    elif timed:
+        return Classification("ambiguous", f"no name; {acquisition.timing} fit {' and '.join(timed)}")
+    else:
+        return Classification("other", f"no rule matches the name or {acquisition.timing}")
+
+    negative = _regex(rules.no_contrast).search(text)
+    positive = _regex(rules.contrast).search(_regex(rules.no_contrast).sub(" ", text))
+    agent = acquisition.contrast_agent.strip().lower() not in ("", "none", "no", "n/a", "0")
+    contrast = bool(positive or agent) and not negative
+    if base == "t1" and negative and (positive or agent):
+        said = "ContrastBolusAgent is set" if agent or positive is None else f"also {positive.group(0)!r}"
+        return Classification("ambiguous", f"T1 named {negative.group(0)!r} (no contrast) but {said}")
+    if base == "t1" and contrast:
+        why = f"{positive.group(0)!r}" if positive else "ContrastBolusAgent"
+        return Classification("sequence", f"t1 by {evidence}, contrast by {why}", "t1c", True)
+    return Classification("sequence", f"{base} by {evidence}", base, bool(positive or agent))
+
+
+# ------------------------------------------------------------------------------------------ ingest
+@dataclass
+class DicomReport(IngestReport):
+    """An :class:`IngestReport` plus ``series``: one row per series (exam, SeriesNumber, description,
+    folder, files, decision, reason, file written), also written to ``OUT/series.csv``."""
+
+    series: pd.DataFrame | None = None
+
+
+@dataclass
+class _Series:
+    """One series of a study while it is being decided."""
+
+    slices: list[SliceHeader]
+    label: str  # "exam series N 'description' (folder, n files)" for problem lines
+    record: dict[str, object]  # its row of series.csv
+    classification: Classification | None = None
+    stack: Stack | None = None
+
+
+@dataclass
+class _Study:
+    """One study: its pseudonyms, timepoint and series (identifiers stay in the slice headers)."""
+
+    patient: str  # patient pseudonym
+    exam: str  # exam pseudonym
+    timepoint: int | None  # days since the patient's first study
+    series: list[list[SliceHeader]]  # slices of each series, in SeriesNumber order
+
+
+def _studies(headers: list[SliceHeader], pseudonymiser: Pseudonymiser) -> list[_Study]:
+    """Group slices by patient, study and series; pseudonyms and day offsets per study."""
+    grouped: dict[tuple[str, str], dict[str, list[SliceHeader]]] = defaultdict(lambda: defaultdict(list))
+    for header in headers:
+        grouped[header.patient_id, header.study_uid][header.series_uid].append(header)
+    patient_key = {key: key[0] or f"\x00study {key[1]}" for key in grouped}  # no PatientID: its own patient
+    dates = {key: parse_date(next(iter(series.values()))[0].study_date) for key, series in grouped.items()}
+    offsets = day_offsets(dates, patient_key)
+    studies = [
+        _Study(
+            pseudonymiser.patient(patient_key[key]),
+            pseudonymiser.exam(patient_key[key], key[1]),
+            offsets[key],
+            sorted(series.values(), key=lambda s: (s[0].series_number or 0, s[0].relative)),
+        )
+        for key, series in grouped.items()
+    ]
+    return sorted(studies, key=lambda s: (s.patient, -1 if s.timepoint is None else s.timepoint, s.exam))
+
+
+def _screen(series: list[SliceHeader], rules: SeriesRules) -> str | None:
+    """Why a series is not a candidate at all (before classification), or None."""
+    first = series[0]
+    if first.modality != "MR":
+        return f"modality {first.modality or 'unknown'}, not MR"
+    if first.frames > 1 or first.sop_class in ENHANCED_MR:
+        return "enhanced multi-frame DICOM is not converted; convert it with dcm2niix and use `umbif ingest folder`"
+    if first.samples != 1:
+        return f"colour image ({first.samples} samples per pixel)"
+    if rules.skip_derived and {"DERIVED", "SECONDARY"} & set(first.image_type[:2]):
+        return f"derived image (ImageType {'/'.join(first.image_type[:2])}): not acquired data"
+    orientations: dict[tuple[float, ...], int] = defaultdict(int)
+    for s in series:
+        if s.orientation is not None:
+            orientations[tuple(np.round(s.orientation, 2))] += 1
+    three_plane = len(orientations) > 1 and max(orientations.values()) <= LOCALIZER_MAX_SLICES
+    if "LOCALIZER" in first.image_type or _regex(rules.localizer).search(first.acquisition.text) or three_plane:
+        return "localizer"
+    if len(series) < rules.min_slices:
+        return f"{len(series)} slices: not a volume (fewer than {rules.min_slices})"
+    return None
+
+
+def _describe(study: _Study, slices: list[SliceHeader]) -> _Series:
+    """A series with its problem-line label and series.csv row; a description that contains one of the
+    study's identifiers is withheld."""
+    first = slices[0]
+    description = first.acquisition.description
+    if leaks([description], first.identifiers):
+        description = "<withheld: contains an identifier>"
+    folders = sorted({Path(s.relative).parent.as_posix() for s in slices})
+    folder = folders[0] + (f" and {len(folders) - 1} more folders" if len(folders) > 1 else "")
+    number = "?" if first.series_number is None else first.series_number
+    record = dict.fromkeys(SERIES_COLUMNS, "")
+    record.update(
+        exam_id=study.exam,
+        patient_id=study.patient,
+        series_number=first.series_number,
+        description=description,
+        folder=folder,
+        files=len(slices),
+    )
+    return _Series(slices, f"{study.exam} series {number} {description!r} ({folder}, {len(slices)} files)", record)
+
+
+def _candidates(study: _Study, rules: SeriesRules, problems: list[str]) -> list[_Series]:
+    """Every series of a study, screened, classified and stacked; what fails is reported in ``problems``."""
+    decided = []
+    for slices in study.series:
+        series = _describe(study, slices)
+        decided.append(series)
+        if reason := _screen(slices, rules):
+            series.record.update(decision="skipped", reason=reason)
+            problems.append(f"{series.label}: skipped, {reason}")
+            continue
+        found = series.classification = classify(slices[0].acquisition, rules)
+        series.record.update(decision=found.kind, reason=found.reason)
+        if found.sequence is None:
+            problems.append(f"{series.label}: {found.kind} ({found.reason}); not converted")
+            continue
+        try:
+            series.stack = stack_slices(slices)
+        except GeometryError as err:
+            series.record.update(decision="refused", reason=str(err))
+            problems.append(f"{series.label}: {found.sequence} refused, {err}")
+    return decided
+
+
+def _choose(candidates: list[_Series], rules: SeriesRules) -> tuple[_Series | None, str]:
+    """The series kept for one sequence of a study, and the problem line when there were several."""
+    if len(candidates) == 1:
+        return candidates[0], ""
+    listed = "; ".join(c.label for c in candidates)
+    if rules.duplicates == "none":
+        return None, f"{len(candidates)} series fit: {listed}; none used (duplicates: none)"
+
+    def preference(c: _Series) -> tuple[bool, float, int]:
+        assert c.classification is not None and c.stack is not None
+        return not c.classification.contrast, -c.stack.voxel_volume, c.slices[0].series_number or 0
+
+    ranked = sorted(candidates, key=preference, reverse=True)
+    if preference(ranked[0]) == preference(ranked[1]):
+        return None, f"{len(candidates)} series fit equally well: {listed}; none used"
+    return ranked[0], (
+        f"{len(candidates)} series fit: {listed}; kept series {ranked[0].slices[0].series_number} "
+        "(pre-contrast, then finest voxels, then the latest)"
+    )
+
+
+def _chosen(study: _Study, series: list[_Series], rules: SeriesRules, problems: list[str]) -> dict[str, _Series]:
+    """Sequence -> the series to convert, one per sequence at most."""
+    by_sequence: dict[str, list[_Series]] = defaultdict(list)
+    for s in series:
+        if s.stack is not None and s.classification is not None and s.classification.sequence:
+            by_sequence[s.classification.sequence].append(s)
+    chosen = {}
+    for sequence, candidates in by_sequence.items():
+        kept, note = _choose(candidates, rules)
+        if note:
+            problems.append(f"{study.exam}: {sequence}: {note}")
+        for candidate in candidates:
+            if candidate is not kept:
+                candidate.record.update(decision="not used", reason=f"another {sequence} series kept, or a tie")
+        if kept is not None:
+            chosen[sequence] = kept
+    return chosen
+
+
+def ingest_dicom(
+    root: str | Path,
+    out_dir: str | Path,
+    pseudonymiser: Pseudonymiser,
+    site: str | None = None,
+    rules: SeriesRules | None = None,
+    on_progress: Progress | None = None,
+) -> DicomReport:
+    """Convert a tree of DICOM files into pseudonymised NIfTI exams and a manifest.
+
+    Args:
+        root: folder searched recursively; any layout, any number of patients and studies.
+        out_dir: where ``<patient>/<exam>/<sequence>.nii.gz`` and ``series.csv`` go; the manifest's
+            root (the caller writes ``manifest.csv`` there). Not searched when it lies inside ``root``.
+        pseudonymiser: the keyed hash for patient and exam ids (``Pseudonymiser.from_user()``).
+        site: site of every exam (default: ``root``'s folder name).
+        rules: how series are classified and chosen (default :class:`SeriesRules`).
+        on_progress: called as ``(stage, done, total)`` for the stages "headers" and "convert".
+
+    Returns:
+        The manifest (one row per study with at least one converted sequence), the problems (one
+        line per file or series not used, and why), and the series table.
+
+    Example:
+        >>> report = ingest_dicom("archive", "nifti", Pseudonymiser.from_user("~/umbif.key"))  # doctest: +SKIP
+        >>> report.manifest.write("nifti/manifest.csv")  # doctest: +SKIP
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no DICOM image under ``root``, ``out_dir`` is ``root``, or no series was converted.
+    """
+    root, out_dir = Path(root).absolute(), Path(out_dir).absolute()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder; give the folder that holds the DICOM files")
+    if out_dir == root:
+        raise ValueError(f"write the output to another folder than {root}, e.g. next to it")
+    rules = rules or SeriesRules()
+    site = site or site_name(root)
+    files = list_files(root, exclude=out_dir)
+    headers, problems = read_headers(files, root, on_progress and functools.partial(on_progress, "headers"))
+    if not headers:
+        raise ValueError(f"no DICOM image under {root} ({'; '.join(problems[:3]) or 'no files'})")
+
+    studies = _studies(headers, pseudonymiser)
+    plans = []
+    for study in studies:
+        if not study.series[0][0].patient_id:
+            problems.append(f"{study.exam}: no PatientID; the exam is its own patient")
+        series = _candidates(study, rules, problems)
+        plans.append((study, series, _chosen(study, series, rules, problems)))
+
+    rows, converted, total = [], 0, sum(len(chosen) for _, _, chosen in plans)
+    for study, _, chosen in plans:
+        row: dict[str, object] = {}
+        for sequence, series in chosen.items():
+            path = out_dir / study.patient / study.exam / f"{sequence}.nii.gz"
+            assert series.stack is not None
+            try:
+                write_nifti(path, read_volume(series.stack), series.stack.affine)
+            except DicomError as err:
+                series.record.update(decision="failed", reason=str(err))
+                problems.append(f"{series.label}: {sequence} not converted, {err}")
+            else:
+                series.record.update(decision=sequence, nifti=path.relative_to(out_dir).as_posix())
+                row[sequence] = path
+            converted += 1
+            if on_progress:
+                on_progress("convert", converted, total)
+        if not row:
+            problems.append(f"{study.exam}: no t1, t1c, t2 or flair series could be converted; exam left out")
+            continue
+        timepoint = "" if study.timepoint is None else str(study.timepoint)
+        rows.append(
+            {
+                "exam_id": study.exam,
+                "patient_id": study.patient,
+                "site": site,
+                "timepoint": timepoint,
+            }
+            | row
+        )
+
+    table = pd.DataFrame.from_records([s.record for _, series, _ in plans for s in series], columns=SERIES_COLUMNS)
+    with atomic_write(out_dir / "series.csv", "w") as handle:
+        handle.write(table.to_csv(index=False))
+    if not rows:
+        raise ValueError(f"no exam could be built from {root}: no series was converted; see {out_dir / 'series.csv'}")
+    return DicomReport(manifest_from_rows(rows, out_dir), problems, table)
