@@ -213,31 +213,30 @@ def _join_ratings(rows: list[dict[str, object]], ratings: str | Path) -> list[st
         rated[exam] = (index, value)
 
     surgery = _surgery_weeks(rated)
-    outcomes: dict[tuple[str, str], str] = {}
     undated: set[str] = set()
-    for (patient, week), (index, value) in rated.items():
+    for row in rows:  # ratings of exams not on disk are only counted, below
+        patient = str(row["patient_id"])
+        week = str(row["exam_id"]).removeprefix(f"{patient}_")
+        index, value = rated.get((patient, week), (0, ""))
         outcome = lumiere_label("outcome", value)
+        after_surgery = patient in surgery and _order(week) > surgery[patient]
         if outcome is None:
             problems.append(
                 f"{name} row {index}: rating {value!r} is not one of CR, PR, SD, PD, Pre-Op, Post-Op; left empty"
             )
         elif outcome and patient not in surgery:
             undated.add(patient)
-        elif outcome and _order(week) <= surgery[patient]:
+        elif outcome and not after_surgery:
             problems.append(
                 f"{name} row {index}: rating {value} of {week} is not after the post-operative scan; unused"
             )
-        else:
-            outcomes[patient, week] = outcome
+        row["outcome"] = outcome if outcome and after_surgery else ""
+        row["rano_rating"] = value
     problems += [
         f"{name}: {patient} has no Pre-Op or Post-Op rating, so its ratings cannot be placed after surgery; "
         "outcome left empty"
         for patient in sorted(undated)
     ]
-    for row in rows:
-        exam = (str(row["patient_id"]), str(row["exam_id"]).removeprefix(f"{row['patient_id']}_"))
-        row["outcome"] = outcomes.get(exam, "")
-        row["rano_rating"] = rated[exam][1] if exam in rated else ""
     keys = [f"{patient}_{week}" for patient, week in rated]
     return problems + unmatched(name, keys, {str(row["exam_id"]) for row in rows}, "exam")
 
