@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from umbif import SEQUENCES
 from umbif.data.manifest import LABELS
 from umbif.data.sequences import nifti_stem
 from umbif.data.sources.common import IngestReport, ingest_report
@@ -101,7 +102,7 @@ def ingest_egd(root: str | Path, labels: str | Path | None = None, site: str = S
     for patient, targets in sorted(claims.items()):
         placed, several = place_claims(targets, patient)
         problems += several
-        if not any(target in placed for target in ("t1", "t1c", "t2", "flair")):
+        if not any(target in placed for target in SEQUENCES):
             problems.append(f"{patient}: no T1, T1GD, T2 or FLAIR image; subject skipped")
             continue
         rows.append(
