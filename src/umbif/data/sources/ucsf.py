@@ -49,11 +49,11 @@ LABEL_COLUMNS: dict[str, str] = {"idh": "IDH", "mgmt": "MGMT status", "codeletio
 
 # UCSF-PDGM's own values, looked up after lower-casing and collapsing spaces.
 _UCSF_VALUES: dict[str, dict[str, str]] = {
-    "idh": {"wildtype": "wildtype", "mutated (nos)": "mutant", "mutated": "mutant", "unknown": ""},
-    "mgmt": {"positive": "methylated", "negative": "unmethylated", "indeterminate": "", "unknown": ""},
+    "idh": {"wildtype": "wildtype", "mutated (nos)": "mutant", "mutated": "mutant"},
+    "mgmt": {"positive": "methylated", "negative": "unmethylated", "indeterminate": ""},
     # "relative co-deletion" is FISH's relative 1p/19q loss against polysomy, not the whole-arm
     # codeletion that defines oligodendroglioma: left empty rather than called either class.
-    "codeletion_1p19q": {"co-deletion": "codeleted", "intact": "intact", "relative co-deletion": "", "unknown": ""},
+    "codeletion_1p19q": {"co-deletion": "codeleted", "intact": "intact", "relative co-deletion": ""},
 }
 # A named IDH1/IDH2 protein change (IDH1 p.R132H, IDH2 p.Arg172Trp) is a mutation.
 IDH_VARIANT = re.compile(r"idh[12] p\.(r|arg)1[37]2\w+")
@@ -70,9 +70,9 @@ def ucsf_label(label: str, value: str) -> str | None:
         A class of ``LABELS[label]``, "" for a blank, unknown or deliberately unused value
         (``indeterminate``, ``relative co-deletion``), or None when the value is not recognised.
     """
-    key = cell_key(value)
-    if not key:
+    if is_blank(value):
         return ""
+    key = cell_key(value)
     if label == "idh" and IDH_VARIANT.fullmatch(key):
         return "mutant"
     return _UCSF_VALUES[label].get(key)
