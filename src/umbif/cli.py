@@ -230,6 +230,110 @@ def ingest_brats(
     _write_ingested(report, root, out_path)
 
 
+OutFolderOption = Annotated[
+    Path, typer.Option("--out", help="Folder for the NIfTI files and manifest.csv (created; must not be ROOT).")
+]
+KeyFileOption = Annotated[
+    Path | None,
+    typer.Option(help="File holding the secret pseudonymisation key (default: $UMBIF_PSEUDONYM_KEY); keep it apart."),
+]
+
+
+def _progress_columns(name: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    return TextColumn(name), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+
+
+@ingest_app.command("dicom")
+def ingest_dicom(
+    root: Annotated[Path, typer.Argument(help="Folder of DICOM files: any layout, any number of studies.")],
+    out_dir: OutFolderOption,
+    key_file: KeyFileOption = None,
+    site: SiteOption = None,
+    rules: Annotated[
+        Path | None, typer.Option(help="YAML with series classification rules (see docs/dicom.md).")
+    ] = None,
+) -> None:
+    """Convert a DICOM archive into pseudonymised NIfTI exams and a manifest.
+
+    Files are grouped into studies and series from their headers; each series is classified as
+    T1 / T1c / T2 / FLAIR (names, TR/TE/TI, contrast tags) and converted with checked geometry to
+    OUT/<patient>/<exam>/<sequence>.nii.gz. Localizers, derived and multi-frame series, other and
+    ambiguous series, and stacks that are not one regular volume (missing slice, gantry tilt) are
+    reported with the reason, never guessed. Patient ids become keyed pseudonyms and dates become
+    days since the patient's first exam. OUT/series.csv lists every series and what became of it.
+    """
+    from rich.progress import Progress
+
+    from umbif.data.dicom import SeriesRules
+    from umbif.data.dicom import ingest_dicom as run
+    from umbif.data.pseudonym import Pseudonymiser
+
+    try:
+        pseudonymiser = Pseudonymiser.from_user(key_file)
+        rules_obj = SeriesRules.from_yaml(rules) if rules else None
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    with Progress(*_progress_columns("ingest dicom"), console=console, transient=False) as progress:
+        tasks: dict[str, object] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        try:
+            report = run(root, out_dir, pseudonymiser, site, rules_obj, on_progress)
+        except (FileNotFoundError, ValueError) as err:
+            _fail(str(err))
+    _write_ingested(report, out_dir, out_dir / "manifest.csv")
+
+
+@ingest_app.command("rsna")
+def ingest_rsna(
+    root: Annotated[
+        Path, typer.Argument(help="RSNA-MICCAI MGMT folder (holding train/ and train_labels.csv) or its train/.")
+    ],
+    out_dir: OutFolderOption,
+    key_file: Annotated[
+        Path | None, typer.Option(help="Pseudonymise the public case ids with the key in this file (optional).")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV (default: train_labels.csv next to train/).")] = None,
+    site: SiteOption = None,
+) -> None:
+    """Convert the RSNA-MICCAI BraTS 2021 MGMT DICOM folders into NIfTI exams and a manifest.
+
+    Each case folder `train/00012/{FLAIR,T1w,T1wCE,T2w}/Image-N.dcm` becomes exam `rsna-00012`
+    (patient `00012`, as in BraTS 2021) with slices sorted by position; `MGMT_value` 0/1 from
+    `train_labels.csv` becomes mgmt unmethylated/methylated. Known bad cases (00109, 00123, 00709)
+    and unrecognised files are reported. Files already converted are kept (a rerun resumes).
+    """
+    from rich.progress import Progress
+
+    from umbif.data.pseudonym import Pseudonymiser
+    from umbif.data.sources.rsna import ingest_rsna as run
+
+    try:
+        pseudonymiser = Pseudonymiser.from_user(key_file) if key_file else None
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    with Progress(*_progress_columns("ingest rsna"), console=console, transient=False) as progress:
+        task = progress.add_task("cases", total=None)
+        try:
+            report = run(
+                root,
+                out_dir,
+                pseudonymiser,
+                labels,
+                site,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except (FileNotFoundError, ValueError) as err:
+            _fail(str(err))
+    _write_ingested(report, out_dir, out_dir / "manifest.csv")
+
+
 @ingest_app.command("ucsf")
 def ingest_ucsf(
     root: Annotated[Path, typer.Argument(help="UCSF-PDGM download: folders UCSF-PDGM-0004_nifti/ anywhere below.")],

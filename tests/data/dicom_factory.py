@@ -95,8 +95,9 @@ def write_series(
     Slice ``k`` sits at ``origin + k * slice_step * normal`` (LPS, mm), shifted along the column
     direction by ``tan(tilt_degrees)`` per mm when tilted. ``order[k]`` is the number used for slice
     ``k``'s file name (``names(number)``, default ``S<series>_IM<number>.dcm``) and InstanceNumber
-    (default ``k + 1``), so a permutation makes name order differ from position order. Slices in ``skip`` are not written. Stored values are random int16;
-    real values are ``stored * slope + intercept``.
+    (default ``k + 1``), so a permutation makes name order differ from position order. Slices in
+    ``skip`` are not written. Stored values are random int16; real values are ``stored * slope +
+    intercept``. ``frames`` > 1 writes a multi-frame file per slice (NumberOfFrames set).
     """
     columns, rows, slices = shape
     rng = np.random.default_rng(seed)

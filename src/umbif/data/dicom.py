@@ -149,7 +149,8 @@ class SeriesRules(FrozenConfig):
     other_scanning_sequences: tuple[str, ...] = ("EP",)  # ScanningSequence values that make a series "other"
     localizer: str = _words(r"localizer|localiser|loc|scout|survey|3.?plane|tri.?pilot|aahead\w*|pilot")
     contrast: str = (  # words that mean a contrast agent was given
-        _words(r"post|gd|gad\w*|c\+|\+\s?c|\+\s?gd|contrast|kontrast|km|ce|mdc") + r"|(?<![a-z0-9])t1w?ce?(?![a-z])"
+        _words(r"post|gd|gad\w*|contrast|kontrast|km|ce|mdc")
+        + r"|\+\s?(?:c|gd|contrast)(?![a-z])|(?<![a-z])c\+|(?<![a-z0-9])t1w?ce?(?![a-z])"
     )
     no_contrast: str = _words(  # words that mean none was; they win over contrast words in the same name
         r"pre(?:[\s_-]?(?:contrast|gd|c))?|nativ|native|plain|non[\s_-]?contrast|no[\s_-]?contrast",
