@@ -22,10 +22,11 @@ from pathlib import Path
 from umbif import SEQUENCES
 from umbif.data.manifest import LABELS
 from umbif.data.sequences import nifti_stem
-from umbif.data.sources.common import IngestReport, ingest_report
-from umbif.data.sources.ucsf import (
+from umbif.data.sources.common import (
+    IngestReport,
     apply_labels,
     cell_key,
+    ingest_report,
     label_columns,
     nifti_files,
     place_claims,

@@ -22,11 +22,12 @@ import re
 from pathlib import Path
 
 from umbif.data.sequences import nifti_stem
-from umbif.data.sources.common import IngestReport, ingest_report
-from umbif.data.sources.ucsf import (
+from umbif.data.sources.common import (
+    IngestReport,
     apply_labels,
     cell_key,
     find_column,
+    ingest_report,
     is_blank,
     label_columns,
     nifti_files,

@@ -14,24 +14,28 @@
 patient_id is ``UCSF-PDGM-0004`` (four digits, whatever the folder or table wrote), exam_id the folder
 name without ``_nifti``; timepoint 0 for the baseline, 1, 2, ... for follow-ups in order of days.
 
-The second half of this module holds what the public-data-set adapters (``ucsf``, ``upenn``, ``egd``,
-``lumiere``) share: walking the NIfTI files, reading a data set's own clinical table, and turning its
-label columns into manifest labels per subject with every unusable cell reported.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import cast
 
-import pandas as pd
-
-from umbif.data.manifest import LABELS
 from umbif.data.sequences import nifti_stem
-from umbif.data.sources.common import IngestReport, ingest_report, natural_key
+from umbif.data.sources.common import (
+    IngestReport,
+    apply_labels,
+    cell_key,
+    ingest_report,
+    is_blank,
+    label_columns,
+    nifti_files,
+    place_claims,
+    read_table,
+    table_labels,
+    unmatched,
+)
 
 SITE = "UCSF-PDGM"
 PATIENT_ID = "UCSF-PDGM-{:04d}"
@@ -190,36 +194,6 @@ def _patient_of_subject(value: str) -> str | None:
 
 
 # ------------------------------------------------------------------ shared by ucsf, upenn, egd, lumiere
-Normaliser = Callable[[str, str], str | None]  # (label, cell) -> class, "" (blank/unused) or None (not recognised)
-_BLANK_CELLS: frozenset[str] = frozenset({"", "na", "n/a", "nan", "none", "not available", "unknown"})
-
-
-def cell_key(value: str) -> str:
-    """Lookup key of a table cell: trimmed, lower case, runs of spaces as one."""
-    return " ".join(value.split()).lower()
-
-
-def is_blank(value: str) -> bool:
-    """True for an empty cell and the usual spellings of "not available"."""
-    return cell_key(value) in _BLANK_CELLS
-
-
-def nifti_files(root: Path) -> list[Path]:
-    """Every NIfTI file under ``root`` (hidden files and folders skipped), in natural order of their path.
-
-    Raises:
-        FileNotFoundError: ``root`` is not a folder.
-        ValueError: no NIfTI file under it.
-    """
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder; give the folder that holds the data set")
-    found = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(folder, f) for f in filenames if not f.startswith(".") and nifti_stem(f) is not None]
-    if not found:
-        raise ValueError(f"no NIfTI file (.nii, .nii.gz) under {root}; point at the folder that holds the data set")
-    return sorted(found, key=lambda path: tuple(natural_key(part) for part in path.relative_to(root).parts))
 
 
 def _by_folder(files: list[Path]) -> dict[Path, list[Path]]:
@@ -231,133 +205,3 @@ def _by_folder(files: list[Path]) -> dict[Path, list[Path]]:
 
 def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() or "."
-
-
-def place_claims(claims: Mapping[str, list[Path]], where: str) -> tuple[dict[str, Path], list[str]]:
-    """Target -> file where exactly one file claims the target; a target claimed twice gets none, reported."""
-    placed, problems = {}, []
-    for target, paths in claims.items():
-        if len(paths) == 1:
-            placed[target] = paths[0]
-        else:
-            names = ", ".join(path.name for path in paths)
-            problems.append(f"{where}: several files for {target} ({names}); none used, keep one")
-    return placed, problems
-
-
-def read_table(path: str | Path, id_column: str) -> pd.DataFrame:
-    """A data set's clinical table as text cells: ``.tsv``/``.txt`` tab-separated, anything else CSV.
-
-    Header names are trimmed and a UTF-8 byte-order mark is dropped.
-
-    Raises:
-        FileNotFoundError: the table does not exist.
-        ValueError: it has no ``id_column``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"labels table {path} does not exist")
-    separator = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
-    frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    frame.columns = [str(column).strip() for column in frame.columns]
-    if id_column not in frame.columns:
-        raise ValueError(
-            f"{path}: no column {id_column!r}; columns found: {', '.join(frame.columns)}. "
-            "Give the data set's own table as it was downloaded"
-        )
-    return frame
-
-
-def find_column(frame: pd.DataFrame, *names: str) -> str | None:
-    """The first of ``names`` among the table's columns, compared without case; None when none is there."""
-    by_key = {column.lower(): column for column in frame.columns}
-    return next((by_key[name.lower()] for name in names if name.lower() in by_key), None)
-
-
-def label_columns(
-    frame: pd.DataFrame,
-    name: str,
-    wanted: Mapping[str, str | tuple[str, ...]],
-    normalise: Normaliser,
-    optional: Iterable[str] = (),
-) -> tuple[dict[str, tuple[str, Callable[[str], str | None]]], list[str]]:
-    """Label -> (table column, cell normaliser) for the wanted columns (any of their names, any case)
-    the table has; a missing column is reported unless its label is ``optional``."""
-    columns: dict[str, tuple[str, Callable[[str], str | None]]] = {}
-    problems = []
-    for label, names in wanted.items():
-        names = (names,) if isinstance(names, str) else names
-        column = find_column(frame, *names)
-        if column is None:
-            if label not in optional:
-                problems.append(f"{name}: no column {names[0]!r}; {label} left empty")
-        else:
-            columns[label] = (column, lambda value, label=label: normalise(label, value))
-    return columns, problems
-
-
-def table_labels(
-    frame: pd.DataFrame,
-    name: str,
-    id_column: str,
-    key_of: Callable[[str], str | None],
-    columns: Mapping[str, tuple[str, Callable[[str], str | None]]],
-) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """Labels per subject from a data set's table, each cell through its column's normaliser.
-
-    Rows of one subject (several scans, a follow-up row) are merged: a label takes the one class
-    its rows agree on; rows that disagree leave it empty and are reported. Cells that are not
-    recognised are reported with row, column and value (row 1 is the first data row).
-
-    Args:
-        frame: the table, all cells text (:func:`read_table`).
-        name: how problem lines name the table (its file name).
-        id_column: the column with the subject id.
-        key_of: subject id as written -> the key the adapter joins on, None when it is not an id.
-        columns: manifest label -> (table column, normaliser returning a class, "" or None).
-
-    Returns:
-        Key -> {label: class or ""}, and the problems.
-    """
-    seen: dict[str, dict[str, dict[str, list[int]]]] = {}  # key -> label -> class -> rows
-    problems = []
-    for index, record in enumerate(frame.to_dict("records"), start=1):
-        key = key_of(record[id_column])
-        if key is None:
-            problems.append(f"{name} row {index}: {id_column} {record[id_column]!r} is not a subject id; row skipped")
-            continue
-        classes = seen.setdefault(key, {label: {} for label in columns})
-        for label, (column, normalise) in columns.items():
-            value = normalise(record[column])
-            if value is None:
-                allowed = " / ".join(LABELS[label])
-                problems.append(
-                    f"{name} row {index}, column {column}: value {record[column]!r} not recognised ({allowed}); "
-                    "left empty"
-                )
-            elif value:
-                classes[label].setdefault(value, []).append(index)
-    labels: dict[str, dict[str, str]] = {}
-    for key, classes in seen.items():
-        labels[key] = {}
-        for label, rows_of in classes.items():
-            if len(rows_of) > 1:
-                listed = ", ".join(f"{value} in row {rows[0]}" for value, rows in rows_of.items())
-                problems.append(f"{name}: rows of {key} disagree on {label} ({listed}); left empty")
-            labels[key][label] = next(iter(rows_of)) if len(rows_of) == 1 else ""
-    return labels, problems
-
-
-def apply_labels(rows: Iterable[dict[str, object]], labels: Mapping[str, Mapping[str, str]]) -> None:
-    """Copy each patient's labels onto its exam rows."""
-    for row in rows:
-        row.update(labels.get(str(row["patient_id"]), {}))
-
-
-def unmatched(name: str, keys: Iterable[str], known: set[str], what: str, most: int = 10) -> list[str]:
-    """One problem line listing the table's subjects that match no exam, or none."""
-    missing = [key for key in keys if key not in known]
-    if not missing:
-        return []
-    listed = ", ".join(missing[:most]) + (", ..." if len(missing) > most else "")
-    return [f"{name}: {len(missing)} subjects match no {what}: {listed}"]
