@@ -259,10 +259,10 @@ def ingest_dicom(
 
     Files are grouped into studies and series from their headers; each series is classified as
     T1 / T1c / T2 / FLAIR (names, TR/TE/TI, contrast tags) and converted with checked geometry to
-    OUT/<patient>/<exam>/<sequence>.nii.gz. Localizers, derived and multi-frame series, other and
+    `OUT/<patient>/<exam>/<sequence>.nii.gz`. Localizers, derived and multi-frame series, other and
     ambiguous series, and stacks that are not one regular volume (missing slice, gantry tilt) are
     reported with the reason, never guessed. Patient ids become keyed pseudonyms and dates become
-    days since the patient's first exam. OUT/series.csv lists every series and what became of it.
+    days since the patient's first exam. `OUT/series.csv` lists every series and what became of it.
     """
     from rich.progress import Progress
 

@@ -84,6 +84,7 @@ def write_series(
     te: float | None = 10.0,
     ti: float | None = None,
     contrast_agent: str | None = None,
+    scanning_sequence: str | list[str] | None = None,
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "M", "ND"),
     slope: float = 1.0,
     intercept: float = 0.0,
@@ -149,6 +150,8 @@ def write_series(
             ds.InversionTime = ti
         if contrast_agent is not None:
             ds.ContrastBolusAgent = contrast_agent
+        if scanning_sequence is not None:
+            ds.ScanningSequence = scanning_sequence
         ds.ImagePositionPatient = [round(float(v), 6) for v in np.asarray(origin) + k * step]
         ds.ImageOrientationPatient = [round(float(v), 8) for v in orientation]
         ds.PixelSpacing = list(pixel_spacing)

@@ -165,16 +165,15 @@ def test_classification(acquisition: Acquisition, kind: str, sequence: str | Non
 
 def test_rules_from_yaml(tmp_path: Path) -> None:
     config = tmp_path / "rules.yaml"
-    config.write_text(
-        "t2:\n  names: 'dual_echo_late'\n  tr_ms: [2000, null]\n  te_ms: [70, null]\n"
-        "other_scanning_sequences: []\nduplicates: none\n"
-    )
+    config.write_text("t2:\n  names: 'dual_echo_late'\nother_scanning_sequences: []\nduplicates: none\n")
     rules = SeriesRules.from_yaml(config)
     assert classify(Acquisition("DUAL_ECHO_LATE", tr=3000, te=90), rules).sequence == "t2"
     assert classify(Acquisition("AX FLAIR", scanning_sequence=("EP",), tr=9000, te=90, ti=2500), rules).sequence == (
         "flair"  # echo-planar no longer makes a series "other"
     )
-    unnamed = classify(Acquisition("", tr=9000, te=90, ti=2500), rules)  # the new T2 rule has no TI bound
+    assert rules.t2.ti_ms == SeriesRules().t2.ti_ms  # a rule given in part keeps the built-in rest
+    config.write_text("t2:\n  ti_ms: [null, null]\n")
+    unnamed = classify(Acquisition("", tr=9000, te=90, ti=2500), SeriesRules.from_yaml(config))
     assert (unnamed.kind, unnamed.reason) == ("ambiguous", "no name; TR 9000 TE 90 TI 2500 fit t2 and flair")
     config.write_text("flair:\n  names: 'flair('\n")
     with pytest.raises(ValueError, match="not a valid regular expression"):
@@ -244,8 +243,11 @@ def test_ambiguous_and_refused_series_reported_not_converted(tmp_path: Path) -> 
     write_series(root / "a", series=1, description="AX T2", tr=9000, te=120, ti=2500)
     write_series(root / "b", series=2, description="AX FLAIR", tr=9000, te=120, ti=2500, skip=[4])
     write_series(root / "c", series=3, description="AX T1")
+    write_series(root / "d", series=4, description="AX T2", tr=4000, te=100, scanning_sequence="EP")  # one value
+    write_series(root / "e", series=5, description="AX T2", tr=4000, te=100, scanning_sequence=["SE", "EP"])
     report = ingest_dicom(root, tmp_path / "out", Pseudonymiser(KEY))
     found = decisions(report)
+    assert found[4] == found[5] == ("other", "ScanningSequence EP")
     assert found[1] == ("ambiguous", "name says t2 but TR 9000 TE 120 TI 2500 fit flair")
     assert found[2][0] == "refused" and "a missing slice?" in found[2][1]
     assert report.manifest.table.loc[0, ["t1", "t2", "flair"]].tolist()[1:] == ["", ""]

@@ -28,17 +28,18 @@ import functools
 import gzip
 import os
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pydicom
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -166,6 +167,17 @@ class SeriesRules(FrozenConfig):
     def _compiles(cls, value: str) -> str:
         return _check_regex(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_rules(cls, data: Any) -> Any:
+        """A sequence rule given in part (only ``names``, say) keeps the built-in values of the rest."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for name in ("t1", "t2", "flair"):
+                if isinstance(data.get(name), dict):
+                    data[name] = cls.model_fields[name].default.model_dump() | data[name]
+        return data
+
 
 # ------------------------------------------------------------------------------------------ headers
 @dataclass(frozen=True)
@@ -245,6 +257,14 @@ def _numbers(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
     return numbers if len(numbers) == count and all(np.isfinite(numbers)) else None
 
 
+def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    """A multi-valued string tag (ImageType, ScanningSequence) upper-cased; one value comes back as one."""
+    value = ds.get(keyword)
+    if value is None:
+        return ()
+    return tuple(str(v).strip().upper() for v in (value if isinstance(value, MultiValue) else [value]))
+
+
 def _identifiers(ds: Dataset) -> frozenset[str]:
     name = _text(ds, "PatientName")
     values = [name, *re.split(r"[\^=]", name)]
@@ -262,11 +282,18 @@ def read_header(path: Path, root: Path) -> SliceHeader:
     """
     relative = path.relative_to(root).as_posix()
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with warnings.catch_warnings():  # pydicom's warnings about odd values quote them: they may be identifiers
+            warnings.simplefilter("ignore")
+            return _parse_header(pydicom.dcmread(path, stop_before_pixels=True), path, relative)
     except InvalidDicomError:
         raise DicomError(f"{relative}: not a DICOM file; skipped") from None
+    except DicomError:
+        raise
     except Exception as err:  # a damaged file raises anything from struct.error to KeyError; the rest goes on
         raise DicomError(f"{relative}: unreadable DICOM header ({type(err).__name__}); skipped") from None
+
+
+def _parse_header(ds: Dataset, path: Path, relative: str) -> SliceHeader:
     sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", Dataset()), "MediaStorageSOPClassUID")
     if "Rows" not in ds or "Columns" not in ds:
         kind = UID(sop_class).name if sop_class else "unknown kind"
@@ -286,7 +313,7 @@ def read_header(path: Path, root: Path) -> SliceHeader:
         series_number=None if number is None else int(number),
         modality=_text(ds, "Modality").upper(),
         sop_class=sop_class,
-        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+        image_type=_values(ds, "ImageType"),
         frames=int(_number(ds, "NumberOfFrames") or 1),
         samples=int(_number(ds, "SamplesPerPixel") or 1),
         shape=(int(ds.Rows), int(ds.Columns)),
@@ -297,7 +324,7 @@ def read_header(path: Path, root: Path) -> SliceHeader:
             description=_text(ds, "SeriesDescription"),
             protocol=_text(ds, "ProtocolName"),
             sequence_name=_text(ds, "SequenceName"),
-            scanning_sequence=tuple(str(v).upper() for v in (ds.get("ScanningSequence") or ())),
+            scanning_sequence=_values(ds, "ScanningSequence"),
             tr=_number(ds, "RepetitionTime"),
             te=_number(ds, "EchoTime"),
             ti=_number(ds, "InversionTime"),
@@ -396,14 +423,14 @@ def stack_slices(slices: Sequence[SliceHeader]) -> Stack:
     positions = np.array([s.position for s in ordered])  # [S, 3] LPS mm
     distance = positions @ normal
     steps = np.diff(distance)
-    step = float(np.median(steps))
-    if (steps < _tolerance(step) if step > 0 else steps <= 0).any():
-        k = int(np.argmin(steps))
+    if (repeated := steps < SPACING_TOLERANCE_MM).any():
+        k = int(np.argmax(repeated))
         raise GeometryError(
-            f"{int((steps < _tolerance(max(step, 0.0))).sum())} slices repeat the position of another "
+            f"{int(repeated.sum())} slices repeat the position of another "
             f"(e.g. {ordered[k].relative} and {ordered[k + 1].relative}): several echoes, phases or repeats in "
             "one series"
         )
+    step = float(np.median(steps))
     uneven = np.flatnonzero(np.abs(steps - step) > _tolerance(step))
     if uneven.size:
         k = int(uneven[0])
@@ -437,7 +464,9 @@ def read_pixels(path: Path) -> np.ndarray:
     pydicom decodes uncompressed and RLE data; for compressions it has no decoder for here (JPEG
     lossless, JPEG-LS) SimpleITK's GDCM reads the file and applies the rescale itself.
     """
-    ds = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path)
     try:
         pixels = ds.pixel_array.astype(np.float32)
     except (RuntimeError, NotImplementedError):
