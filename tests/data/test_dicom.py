@@ -360,3 +360,12 @@ def test_cli_reports_a_folder_without_dicom(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "error: no DICOM image under" in result.output and "a.txt: not a DICOM file" in result.output
+
+
+def test_rules_example_in_the_docs_loads(tmp_path: Path) -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs" / "dicom.md"
+    example = docs.read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "rules.yaml").write_text(example)
+    rules = SeriesRules.from_yaml(tmp_path / "rules.yaml")
+    assert classify(Acquisition("3D_GRE_SAG", tr=8, te=3), rules).sequence == "t1"
+    assert rules.t2.te_ms == (60.0, None) and rules.t2.tr_ms == SeriesRules().t2.tr_ms

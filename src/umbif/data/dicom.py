@@ -143,14 +143,14 @@ class SeriesRules(FrozenConfig):
         ti_ms=(1500.0, 3500.0),
     )
     other: str = _words(  # series that are none of the four, whatever else their names say
-        r"dwi|diff\w*|adc|trace|dti|tensor|ep_b\d*|epfid|perf\w*|dsc|dce|p?c?asl|bold|fmri|rest",
-        r"swi|swan|susc\w*|t2\s?\*|t2\s?star|hemo|gre_?field\w*|field\s?map\w*",
-        r"tof|angio|mra|mrv|venogra\w*|spectro\w*|mrs|csi|svs|cine|flow|stir|pd|mip|sub|map|maps",
+        r"dwi|diff[a-z]*|adc|trace|dti|tensor|ep_b\d*|epfid|perf[a-z]*|dsc|dce|p?c?asl|bold|fmri|rest",
+        r"swi|swan|susc[a-z]*|t2\s?\*|t2\s?star|hemo|gre_?field[a-z]*|field\s?map[a-z]*",
+        r"tof|angio|mra|mrv|venogra[a-z]*|spectro[a-z]*|mrs|csi|svs|cine|flow|stir|pd|mip|sub|map|maps",
     )
     other_scanning_sequences: tuple[str, ...] = ("EP",)  # ScanningSequence values that make a series "other"
-    localizer: str = _words(r"localizer|localiser|loc|scout|survey|3.?plane|tri.?pilot|aahead\w*|pilot")
+    localizer: str = _words(r"localizer|localiser|loc|scout|survey|3.?plane|tri.?pilot|aahead[a-z]*|pilot")
     contrast: str = (  # words that mean a contrast agent was given
-        _words(r"post|gd|gad\w*|contrast|kontrast|km|ce|mdc")
+        _words(r"post|gd|gad[a-z]*|contrast|kontrast|km|ce|mdc")
         + r"|\+\s?(?:c|gd|contrast)(?![a-z])|(?<![a-z])c\+|(?<![a-z0-9])t1w?ce?(?![a-z])"
     )
     no_contrast: str = _words(  # words that mean none was; they win over contrast words in the same name
