@@ -115,7 +115,8 @@ def write_series(
     for k in range(slices):
         if k in skip:
             continue
-        sop = generate_uid(entropy_srcs=[series_instance, str(k)])
+        path = folder / (names(order[k]) if names else f"S{series}_IM{order[k]:04d}.dcm")
+        sop = generate_uid(entropy_srcs=[series_instance, path.name])
         identifiers.append(sop)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
@@ -166,7 +167,6 @@ def write_series(
             ds.NumberOfFrames = frames
             pixels = np.concatenate([pixels] * frames)
         ds.PixelData = pixels.tobytes()
-        path = folder / (names(order[k]) if names else f"S{series}_IM{order[k]:04d}.dcm")
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     lps = np.eye(4)

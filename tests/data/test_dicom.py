@@ -205,6 +205,21 @@ def test_two_series_in_one_folder_and_rest_goes_on(tmp_path: Path) -> None:
     assert not [p for p in validate(report.manifest) if p.severity == "error"]
 
 
+def test_copies_ignored_and_output_inside_root_not_read(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    written = write_series(root / "export1", description="AX T1")
+    (root / "export2").mkdir()
+    shutil.copy(written.files[2], root / "export2" / "copy.dcm")
+    out = root / "nifti"
+    for _ in range(2):  # the second run must not read the first run's output
+        report = ingest_dicom(root, out, Pseudonymiser(KEY))
+        assert report.problems == [
+            "1 file is a copy of another file (same SOPInstanceUID), ignored: e.g. export2/copy.dcm "
+            "(a copy of export1/S1_IM0003.dcm)"
+        ]
+        np.testing.assert_array_equal(nib.load(report.manifest.exam(0).sequences["t1"]).get_fdata(), written.values)
+
+
 def test_screened_series_skipped_with_a_reason(tmp_path: Path) -> None:
     root = tmp_path / "archive"
     write_series(root / "t1", series=1)

@@ -214,6 +214,7 @@ class SliceHeader:
     patient_id: str
     study_uid: str
     series_uid: str
+    instance_uid: str  # SOPInstanceUID: the same image exported twice has the same one
     study_date: str
     identifiers: frozenset[str]  # name (and its parts), ids, birth date, accession, study date
     series_number: int | None
@@ -308,6 +309,7 @@ def _parse_header(ds: Dataset, path: Path, relative: str) -> SliceHeader:
         patient_id=_text(ds, "PatientID"),
         study_uid=study,
         series_uid=series,
+        instance_uid=_text(ds, "SOPInstanceUID"),
         study_date=_text(ds, "StudyDate") or _text(ds, "SeriesDate"),
         identifiers=_identifiers(ds),
         series_number=None if number is None else int(number),
@@ -611,6 +613,24 @@ class _Study:
     series: list[list[SliceHeader]]  # slices of each series, in SeriesNumber order
 
 
+def _without_copies(headers: list[SliceHeader], problems: list[str]) -> list[SliceHeader]:
+    """The headers with second copies of an image (same SOPInstanceUID, e.g. exported twice) left out."""
+    first: dict[str, SliceHeader] = {}
+    copies = []
+    for header in headers:
+        if header.instance_uid and header.instance_uid in first:
+            copies.append(header)
+        else:
+            first[header.instance_uid or header.relative] = header
+    if copies:
+        problems.append(
+            f"{len(copies)} {'file is a copy' if len(copies) == 1 else 'files are copies'} of another file (same "
+            "SOPInstanceUID), ignored: e.g. "
+            f"{copies[0].relative} (a copy of {first[copies[0].instance_uid].relative})"
+        )
+    return list(first.values())
+
+
 def _studies(headers: list[SliceHeader], pseudonymiser: Pseudonymiser) -> list[_Study]:
     """Group slices by patient, study and series; pseudonyms and day offsets per study."""
     grouped: dict[tuple[str, str], dict[str, list[SliceHeader]]] = defaultdict(lambda: defaultdict(list))
@@ -781,6 +801,7 @@ def ingest_dicom(
     headers, problems = read_headers(files, root, on_progress and functools.partial(on_progress, "headers"))
     if not headers:
         raise ValueError(f"no DICOM image under {root} ({'; '.join(problems[:3]) or 'no files'})")
+    headers = _without_copies(headers, problems)
 
     studies = _studies(headers, pseudonymiser)
     plans = []
