@@ -25,7 +25,6 @@ when it contains one of the study's identifiers).
 from __future__ import annotations
 
 import functools
-import gzip
 import os
 import re
 import warnings
@@ -35,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pydicom
@@ -46,6 +44,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from umbif.config import FrozenConfig
+from umbif.data.io import write_nifti
 from umbif.data.pseudonym import Pseudonymiser, day_offsets, leaks, parse_date
 from umbif.data.sources.common import IngestReport, manifest_from_rows, site_name
 from umbif.utils import atomic_write
@@ -500,16 +499,6 @@ def read_volume(stack: Stack) -> np.ndarray:
     if whole and volume.size and volume.min() >= np.iinfo(np.int16).min and volume.max() <= np.iinfo(np.int16).max:
         return volume.astype(np.int16)
     return volume
-
-
-def write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray) -> None:
-    """Write gzipped NIfTI atomically, sform and qform set to the scanner affine; no text fields."""
-    image = nib.Nifti1Image(volume, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    with atomic_write(path) as handle:
-        handle.write(gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))
 
 
 def convert(slices: Sequence[SliceHeader], path: Path) -> Stack:

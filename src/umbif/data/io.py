@@ -1,4 +1,4 @@
-"""Reading NIfTI volumes with the header checks umbif relies on.
+"""Reading NIfTI volumes with the header checks umbif relies on, and writing them atomically.
 
 nibabel reads the file (its sform/qform rules are the field's reference); every failure becomes an
 :class:`ImageError` whose message names the file, what is wrong and what to do.
@@ -6,6 +6,7 @@ nibabel reads the file (its sform/qform rules are the field's reference); every 
 
 from __future__ import annotations
 
+import gzip
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,18 @@ import nibabel as nib
 import numpy as np
 
 from umbif.config import PreprocessConfig
+from umbif.utils import atomic_write
+
+
+def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, compresslevel: int = 6) -> None:
+    """Write gzipped NIfTI atomically with sform and qform set to ``affine`` (scanner space, mm) and no
+    text in the header; ``mtime`` 0 so the same data gives the same bytes."""
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm", "sec")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    with atomic_write(path) as handle:
+        handle.write(gzip.compress(image.to_bytes(), compresslevel=compresslevel, mtime=0))
 
 
 class ImageError(ValueError):

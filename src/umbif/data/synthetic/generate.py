@@ -19,7 +19,6 @@ count or on the order in which workers finish.
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,13 +26,13 @@ from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy.special import expit
 
 from umbif import SEQUENCES
 from umbif.config import SynthConfig
+from umbif.data.io import write_nifti
 from umbif.data.manifest import LABELS, Manifest
 from umbif.data.synthetic import anatomy, cohort, lesions, render
 from umbif.data.synthetic.sites import NAMINGS, Site, sites
@@ -253,15 +252,6 @@ def _present(site: Site, rng: np.random.Generator) -> list[str]:
     return present or [SEQUENCES[int(rng.integers(len(SEQUENCES)))]]
 
 
-def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    image = nib.Nifti1Image(data, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    with atomic_write(path) as handle:
-        handle.write(gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))  # mtime 0: same bytes per seed
-
-
 def render_exam(plan: ExamPlan, out: Path, config: SynthConfig) -> dict:
     """Render one exam's files into ``out`` and return its record (relative paths, volumes)."""
     site = sites(config.sites)[plan.site]
@@ -311,13 +301,13 @@ def render_exam(plan: ExamPlan, out: Path, config: SynthConfig) -> dict:
         if site.skull_stripped:
             image = np.where(sampled[geometry]["brain"] > 0.5, image, 0).astype(np.int16)
         path = exam_dir / f"{names[sequence]}.nii.gz"
-        _write_nifti(path, image, grids[geometry][0])
+        write_nifti(path, image, grids[geometry][0], compresslevel=1)
         record["files"][sequence] = path.relative_to(out).as_posix()
     if with_seg:
         geometry = site.geometry["seg"]
         seg = lesions.segmentation(sampled[geometry])
         path = exam_dir / f"{names['seg']}.nii.gz"
-        _write_nifti(path, seg, grids[geometry][0])
+        write_nifti(path, seg, grids[geometry][0], compresslevel=1)
         record["files"]["seg"] = path.relative_to(out).as_posix()
         voxel_ml = abs(np.linalg.det(grids[geometry][0][:3, :3])) / 1000.0
         for name, label in (("necrotic_core", 1), ("oedema", 2), ("enhancing", 4)):
