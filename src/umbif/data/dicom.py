@@ -797,8 +797,8 @@ def ingest_dicom(
     for study in studies:
         if not study.series[0][0].patient_id:
             problems.append(f"{study.exam}: no PatientID; the exam is its own patient")
-        series = _candidates(study, rules, problems)
-        plans.append((study, series, _chosen(study, series, rules, problems)))
+        decided = _candidates(study, rules, problems)
+        plans.append((study, decided, _chosen(study, decided, rules, problems)))
 
     rows, converted, total = [], 0, sum(len(chosen) for _, _, chosen in plans)
     for study, _, chosen in plans:
@@ -831,7 +831,7 @@ def ingest_dicom(
             | row
         )
 
-    table = pd.DataFrame.from_records([s.record for _, series, _ in plans for s in series], columns=SERIES_COLUMNS)
+    table = pd.DataFrame.from_records([s.record for _, decided, _ in plans for s in decided], columns=SERIES_COLUMNS)
     with atomic_write(out_dir / "series.csv", "w") as handle:
         handle.write(table.to_csv(index=False))
     if not rows:
