@@ -384,3 +384,31 @@ def test_rules_example_in_the_docs_loads(tmp_path: Path) -> None:
     rules = SeriesRules.from_yaml(tmp_path / "rules.yaml")
     assert classify(Acquisition("3D_GRE_SAG", tr=8, te=3), rules).sequence == "t1"
     assert rules.t2.te_ms == (60.0, None) and rules.t2.tr_ms == SeriesRules().t2.tr_ms
+
+
+def test_pydicom_dicomdir_tree(tmp_path: Path) -> None:
+    """pydicom's real DICOMDIR test tree (MR localizers and MIPs, CT, CR, DICOMDIR index files):
+    nothing in it is a brain volume, and each series and file says why; no identifier is written."""
+    root = Path(get_testdata_file("MR_small.dcm", download=False)).parent / "dicomdirtests"
+    with pytest.raises(ValueError, match="no series was converted"):
+        ingest_dicom(root, tmp_path / "out", Pseudonymiser(KEY))
+    series = pd.read_csv(tmp_path / "out" / "series.csv", dtype=str, keep_default_na=False)
+    reasons = {(folder.split("/")[-1], reason.split(" (")[0]) for folder, reason in series[["folder", "reason"]].values}
+    assert {("MR1", "localizer"), ("MR2", "localizer"), ("MR700", "derived image"), ("CT2", "modality CT, not MR")} <= (
+        reasons
+    )
+    assert set(series["decision"]) == {"skipped"} and len(series) == 13
+    identifiers, paths = [], []
+    for path in root.rglob("*"):
+        paths.append(path.relative_to(root).as_posix())
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, IsADirectoryError):
+            continue
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate",
+                        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):  # fmt: skip
+            identifiers.append(str(ds.get(keyword, "")))
+    in_folder_names = set(leaks(paths, identifiers))  # a PACS export named after PatientIDs: the user's layout
+    assert len(set(identifiers)) > 40
+    found = set(leaks([(tmp_path / "out" / "series.csv").read_text()], identifiers))
+    assert found <= in_folder_names
