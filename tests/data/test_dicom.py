@@ -322,8 +322,9 @@ def test_progress_reported_per_stage(tmp_path: Path) -> None:
 
 
 def test_no_identifier_reaches_any_output(tmp_path: Path) -> None:
-    """Ingest series full of fake identifiers with the CLI, then grep every output file (NIfTI
-    decompressed) and everything printed for names, ids, birth dates, accession numbers, dates, UIDs."""
+    """Ingest series full of fake identifiers with the CLI, summarise and preprocess the result, then
+    grep every output file (NIfTI decompressed, the cache included) and everything printed for names,
+    ids, birth dates, accession numbers, dates, UIDs."""
     root = tmp_path / "archive"
     identifiers: list[str] = []
     for folder, kwargs in {
@@ -345,8 +346,19 @@ def test_no_identifier_reaches_any_output(tmp_path: Path) -> None:
     assert "wrote" in result.output
     series = pd.read_csv(out / "series.csv", dtype=str, keep_default_na=False)
     assert series.loc[series["series_number"] == "3", "description"].tolist() == ["<withheld: contains an identifier>"]
+    # downstream too: the cache, its index and what the commands print
+    cache = tmp_path / "cache"
     texts = [result.output]
-    for path in out.rglob("*"):
+    for args in (
+        ["manifest", "summary", str(out / "manifest.csv")],
+        ["preprocess", str(out / "manifest.csv"), "--out", str(cache), "--shape", "16x16x16"],
+        ["cache", "info", str(cache)],
+    ):
+        step = CliRunner().invoke(app, args)
+        assert step.exit_code == 0, step.output
+        texts.append(step.output)
+    assert any(cache.rglob("*.json"))
+    for path in [*out.rglob("*"), *cache.rglob("*")]:
         if path.is_file():
             data = path.read_bytes()
             texts.append((gzip.decompress(data) if path.suffix == ".gz" else data).decode("latin-1"))
