@@ -90,6 +90,7 @@ def write_series(
     intercept: float = 0.0,
     frames: int | None = None,
     seed: int = 0,
+    stored: np.ndarray | None = None,
 ) -> WrittenSeries:
     """Write one MR series of ``shape = (columns, rows, slices)`` into ``folder``, one file per slice.
 
@@ -98,11 +99,14 @@ def write_series(
     ``k``'s file name (``names(number)``, default ``S<series>_IM<number>.dcm``) and InstanceNumber
     (default ``k + 1``), so a permutation makes name order differ from position order. Slices in
     ``skip`` are not written. Stored values are random int16; real values are ``stored * slope +
-    intercept``. ``frames`` > 1 writes a multi-frame file per slice (NumberOfFrames set).
+    intercept``; ``stored`` (column, row, slice) int16 replaces them, and its shape replaces ``shape``.
+    ``frames`` > 1 writes a multi-frame file per slice (NumberOfFrames set).
     """
+    if stored is None:
+        stored = np.random.default_rng(seed).integers(0, 1000, size=shape).astype(np.int16)  # (column, row, slice)
+    else:
+        stored, shape = np.asarray(stored, dtype=np.int16), tuple(stored.shape)
     columns, rows, slices = shape
-    rng = np.random.default_rng(seed)
-    stored = rng.integers(0, 1000, size=shape).astype(np.int16)  # (column, row, slice)
     row_dir, col_dir = np.array(orientation[:3], float), np.array(orientation[3:], float)
     normal = np.cross(row_dir, col_dir)
     step = slice_step * (normal + np.tan(np.deg2rad(tilt_degrees)) * col_dir)
