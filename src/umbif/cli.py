@@ -172,12 +172,24 @@ def _write_ingested(report, root: Path, out_path: Path | None) -> None:
         raise typer.Exit(1)
 
 
+def _run_ingest(adapter, root: Path, out_path: Path | None, *args) -> None:
+    """Run an ingest adapter on ``root`` and write its manifest; bad input is one clear error."""
+    try:
+        report = adapter(root, *args)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    _write_ingested(report, root, out_path)
+
+
 def _aliases(path: Path | None):
     from umbif.config import AliasConfig
     from umbif.data.sequences import alias_table
 
-    config = AliasConfig.from_yaml(path) if path else AliasConfig()
-    return alias_table(config.aliases, config.ignore)
+    try:
+        config = AliasConfig.from_yaml(path) if path else AliasConfig()
+        return alias_table(config.aliases, config.ignore)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
 
 
 @ingest_app.command("folder")
@@ -199,11 +211,7 @@ def ingest_folder(
     """
     from umbif.data.sources.folder import ingest_folder as run
 
-    try:
-        report = run(root, _aliases(aliases), site, labels, subject_column, join_on)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    _write_ingested(report, root, out_path)
+    _run_ingest(run, root, out_path, _aliases(aliases), site, labels, subject_column, join_on)
 
 
 @ingest_app.command("brats")
@@ -223,11 +231,7 @@ def ingest_brats(
     """
     from umbif.data.sources.brats import ingest_brats as run
 
-    try:
-        report = run(root, site, labels, subject_column, join_on)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    _write_ingested(report, root, out_path)
+    _run_ingest(run, root, out_path, site, labels, subject_column, join_on)
 
 
 OutFolderOption = Annotated[
@@ -355,11 +359,7 @@ def ingest_ucsf(
     """
     from umbif.data.sources.ucsf import ingest_ucsf as run
 
-    try:
-        report = run(root, labels, site, bias_corrected)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    _write_ingested(report, root, out_path)
+    _run_ingest(run, root, out_path, labels, site, bias_corrected)
 
 
 @ingest_app.command("upenn")
@@ -381,11 +381,7 @@ def ingest_upenn(
     """
     from umbif.data.sources.upenn import ingest_upenn as run
 
-    try:
-        report = run(root, labels, site)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    _write_ingested(report, root, out_path)
+    _run_ingest(run, root, out_path, labels, site)
 
 
 @ingest_app.command("egd")
@@ -405,11 +401,7 @@ def ingest_egd(
     """
     from umbif.data.sources.egd import ingest_egd as run
 
-    try:
-        report = run(root, labels, site)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    _write_ingested(report, root, out_path)
+    _run_ingest(run, root, out_path, labels, site)
 
 
 @ingest_app.command("lumiere")
@@ -432,11 +424,7 @@ def ingest_lumiere(
     """
     from umbif.data.sources.lumiere import ingest_lumiere as run
 
-    try:
-        report = run(root, labels, ratings, site)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    _write_ingested(report, root, out_path)
+    _run_ingest(run, root, out_path, labels, ratings, site)
 
 
 # -------------------------------------------------------------------------------------- preprocess
