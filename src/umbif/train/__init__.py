@@ -1,0 +1,1 @@
+"""Training: augmentations, learning-rate schedule, checkpoints, distributed helpers, metric logs."""
