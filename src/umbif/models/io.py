@@ -1,0 +1,207 @@
+"""Export and load the UMBIF encoder: ``encoder.safetensors`` + ``config.json``, never a pickle.
+
+A folder written by :func:`save_encoder` is everything a downstream user needs::
+
+    encoder = load_encoder("runs/pretrain/encoder")          # eval mode, on the CPU
+    embedding = encoder(images, present)                      # [B, S, X, Y, Z], [B, S] -> [B, E]
+
+:func:`load_state_tolerant` is the loader behind it (timm's ``checkpoint_filter_fn`` in spirit): it
+strips wrapper prefixes (``module.``, ``_orig_mod.``, ``model.``, ``backbone.``, ``encoder.``), names
+every missing and unexpected key, and refuses a shape mismatch naming the layer.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from umbif.models.umbif import ModelConfig, UMBIFEncoder
+from umbif.provenance import versions
+from umbif.utils import atomic_write, write_text_atomic
+
+ENCODER_FILE = "encoder.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "umbif-encoder"  # written into both files so a reader can tell what it holds
+FORMAT_VERSION = 1
+STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.")  # DDP, torch.compile, wrappers
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+_SHOWN = 20  # names listed in a message before "... and N more"
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_state_tolerant` did: keys the module kept its own values for, keys ignored."""
+
+    missing: list[str]  # module keys the state dict did not provide
+    unexpected: list[str]  # state-dict keys (as given) that match nothing in the module
+
+
+def save_encoder(encoder: UMBIFEncoder, config: ModelConfig, out_dir: str | Path) -> Path:
+    """Write ``encoder.safetensors`` and ``config.json`` (config, format, package versions) to ``out_dir``.
+
+    Both files are written atomically; the config also travels in the safetensors metadata, so the
+    weights file alone can be loaded. Returns ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    metadata = {"format": "pt", "umbif_format": FORMAT, "umbif_config": json.dumps(config.to_dict())}
+    with atomic_write(out_dir / ENCODER_FILE) as handle:
+        handle.write(safetensors_bytes(state, metadata=metadata))
+    card = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config.to_dict(), "versions": versions()}
+    write_text_atomic(out_dir / CONFIG_FILE, json.dumps(card, indent=2) + "\n")
+    return out_dir
+
+
+def load_encoder(
+    path: str | Path, device: str | torch.device = "cpu", strict: bool = True, config: ModelConfig | None = None
+) -> UMBIFEncoder:
+    """Load an encoder exported by :func:`save_encoder` (or any safetensors file of its weights).
+
+    Args:
+        path: the export folder, or a ``.safetensors`` file (its config is read from ``config.json``
+            beside it, else from the file's metadata).
+        device: where to put the encoder.
+        strict: raise on missing or unexpected keys (False: warn, naming them, and keep going).
+        config: use this architecture instead of the one stored with the weights (e.g. another
+            ``image_size``: the position embeddings are fixed, so the weights fit any grid).
+
+    Returns:
+        the encoder in eval mode; ``encoder(images, present)`` maps ``[B, S, X, Y, Z]`` and ``[B, S]``
+        to exam embeddings ``[B, E]``.
+
+    Example:
+        >>> encoder = load_encoder("runs/pretrain/encoder")
+    """
+    path = Path(path)
+    _refuse_pickle(path)
+    if path.is_dir():
+        weights = path / ENCODER_FILE
+        if not weights.is_file():
+            found = sorted(p.name for p in path.iterdir())[:_SHOWN]
+            raise FileNotFoundError(
+                f"{path}: no {ENCODER_FILE} in this folder (it holds {found}); "
+                "export an encoder with umbif.models.save_encoder or pass the .safetensors file itself"
+            )
+    elif path.suffix == ".safetensors":
+        weights = path
+    else:
+        raise ValueError(f"{path}: expected an encoder folder or a .safetensors file")
+    state, metadata = read_safetensors(weights)
+    config = config or _stored_config(weights, metadata)
+    encoder = UMBIFEncoder(config)
+    load_state_tolerant(encoder, state, strict=strict)
+    return encoder.to(device).eval()
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file, on the CPU (nothing is unpickled)."""
+    path = Path(path)
+    _refuse_pickle(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+    return state, metadata
+
+
+def load_state_tolerant(module: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> LoadReport:
+    """Load ``state_dict`` into ``module``, forgiving wrapper prefixes, strict about everything else.
+
+    A key that is not one of the module's loses leading ``module.``, ``_orig_mod.``, ``model.``,
+    ``backbone.`` and ``encoder.`` parts until it is (``module.encoder.blocks.0.norm1.weight`` loads into
+    an encoder's ``blocks.0.norm1.weight``); keys that still match nothing are unexpected.
+
+    Args:
+        module: the model to fill in place.
+        state_dict: name -> tensor, e.g. from :func:`read_safetensors`.
+        strict: raise ``ValueError`` naming the missing and unexpected keys; False warns instead.
+
+    Returns:
+        a :class:`LoadReport`.
+
+    Raises:
+        ValueError: a tensor's shape differs from the module's (always; the message names the layer
+            and both shapes), two keys load into the same parameter, or ``strict`` and keys differ.
+    """
+    expected = module.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}  # mapped key -> key as given
+    for key, value in state_dict.items():
+        name = key
+        while name not in expected and name.startswith(STRIP_PREFIXES):
+            name = name.split(".", 1)[1]
+        if name not in expected:
+            name = key  # matches nothing: report it as given
+        if name in mapped:
+            raise ValueError(f"state-dict keys {source[name]!r} and {key!r} both load into {name!r}")
+        mapped[name], source[name] = value, key
+
+    mismatched = [
+        f"{name!r}: checkpoint {list(value.shape)}, model {list(expected[name].shape)}"
+        for name, value in mapped.items()
+        if name in expected and value.shape != expected[name].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{len(mismatched)} layers have another shape than the model (is the config the one these "
+            f"weights were trained with?): {_listing(mismatched)}"
+        )
+    missing = [name for name in expected if name not in mapped]
+    unexpected = [source[name] for name in mapped if name not in expected]
+    if missing or unexpected:
+        message = (
+            f"{len(missing)} missing keys (kept at their initial values): {_listing(missing)}; "
+            f"{len(unexpected)} unexpected keys (ignored): {_listing(unexpected)}"
+        )
+        if strict:
+            raise ValueError(message + "; pass strict=False to load anyway")
+        warnings.warn(message, stacklevel=2)
+    module.load_state_dict({name: value for name, value in mapped.items() if name in expected}, strict=False)
+    return LoadReport(missing=missing, unexpected=unexpected)
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f", ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "") if names else "none"
+
+
+def _refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"{path}: umbif loads weights only from .safetensors files and never unpickles, because loading "
+            "a pickled .pt/.pth/.ckpt file can run any code it contains. If you trust the file, convert it "
+            "once (if it holds a dict with a 'model' or 'state_dict' entry, save that entry):\n"
+            '  python -c "import torch, safetensors.torch as st; '
+            f"sd = torch.load('{path}', map_location='cpu', weights_only=True); "
+            "st.save_file({k: v.contiguous() for k, v in sd.items()}, 'encoder.safetensors')\""
+        )
+
+
+def _stored_config(weights: Path, metadata: dict[str, str]) -> ModelConfig:
+    config_file = weights.parent / CONFIG_FILE
+    if config_file.is_file():
+        data = json.loads(config_file.read_text())
+        source = str(config_file)
+        data = data.get("model", data) if isinstance(data, dict) else data
+    elif "umbif_config" in metadata:
+        data, source = json.loads(metadata["umbif_config"]), f"{weights} (metadata)"
+    else:
+        raise FileNotFoundError(
+            f"{weights}: no {CONFIG_FILE} beside it and no umbif_config in its metadata; "
+            "pass config=ModelConfig(...) with the architecture the weights were trained with"
+        )
+    try:
+        return ModelConfig.model_validate(data)
+    except ValueError as error:
+        raise ValueError(f"{source}: not a UMBIF model config ({error})") from error
