@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,8 +173,12 @@ def load_state_tolerant(module: nn.Module, state_dict: dict[str, torch.Tensor], 
 
 
 def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:_SHOWN])
-    return shown + (f", ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "") if names else "none"
+    """All names up to ``_SHOWN``; the rest counted by their first two name parts."""
+    if not names:
+        return "none"
+    rest = Counter(".".join(name.split(".")[:2]) + ".*" for name in names[_SHOWN:])
+    more = f", ... and {len(names) - _SHOWN} more ({', '.join(f'{k}: {n}' for k, n in rest.items())})" if rest else ""
+    return ", ".join(names[:_SHOWN]) + more
 
 
 def _refuse_pickle(path: Path) -> None:
