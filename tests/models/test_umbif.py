@@ -283,9 +283,25 @@ def test_queue_is_a_fifo_of_past_projections_used_as_negatives():
     torch.testing.assert_close(pretrainer.queue.norm(dim=1), torch.ones(6))
     again = pretrainer(images, images.flip(2), present, generator(7))  # same masks, now 6 more negatives
     assert again["loss_con"] > first["loss_con"]
+    again["loss"].backward()  # the queue was read before this step wrote to it
     pretrainer.eval()
     pretrainer(images, images.flip(2), present, generator(7))
     assert int(pretrainer.queue_ptr) == 0  # the training step above wrote slots 2-5; eval writes nothing
+
+
+def test_gathered_negatives_enter_the_contrastive_loss():
+    images, present = exams(2), MIXED[:2]
+    pretrainer = model()
+    seen = []
+
+    def gather(z: torch.Tensor) -> torch.Tensor:
+        seen.append(z.shape)
+        return z.detach()  # as if another rank held the same exams: hard negatives
+
+    alone = pretrainer(images, images.flip(2), present, generator(11))
+    gathered = pretrainer(images, images.flip(2), present, generator(11), gather_negatives=gather)
+    assert seen == [(4, 16)] and gathered["loss_con"] > alone["loss_con"]
+    torch.testing.assert_close(gathered["loss_rec"], alone["loss_rec"])
 
 
 def test_overfitting_two_exams_lowers_the_loss():
