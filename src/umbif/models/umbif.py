@@ -344,6 +344,8 @@ class UMBIFEncoder(nn.Module):
         torch.Size([2, 96])
     """
 
+    pos_embed: torch.Tensor  # fixed buffer [L, E]
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -434,6 +436,8 @@ class UMBIFEncoder(nn.Module):
 class UMBIFDecoder(nn.Module):
     """Light transformer that predicts the voxels of every present token from the visible ones."""
 
+    pos_embed: torch.Tensor  # fixed buffer [L, E]
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -507,6 +511,10 @@ class UMBIFPretrainer(nn.Module):
         >>> out = model(images, images.flip(2), present)
         >>> out["loss"].backward()
     """
+
+    queue: torch.Tensor  # buffers, registered when queue_size > 0
+    queue_ptr: torch.Tensor
+    queue_count: torch.Tensor
 
     def __init__(self, config: ModelConfig):
         super().__init__()
