@@ -61,7 +61,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     command = [sys.executable, str(SCRIPT), "--steps", "12", "--every", "3"]
     straight = subprocess.Popen([*command, str(tmp_path / "a")], env=env)
-    killed = subprocess.Popen([*command, str(tmp_path / "b"), "--delay", "0.25"], env=env)
+    killed = subprocess.Popen([*command, str(tmp_path / "b"), "--delay", "0.15"], env=env)
     deadline = time.monotonic() + 30
     while latest_checkpoint(tmp_path / "b") is None or latest_checkpoint(tmp_path / "b").name < "step_000006":
         assert killed.poll() is None, "the run ended before it could be killed"
@@ -105,8 +105,11 @@ def test_checkpoint_files_and_names(tmp_path):
 def test_load_restores_everything_without_unpickling(tmp_path, monkeypatch):
     model, optimizer, scheduler = _trained()
     generator = torch.Generator().manual_seed(5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
     torch.manual_seed(42)
-    save_checkpoint(tmp_path, 2, model, optimizer, scheduler, config={"lr": 0.1}, generators={"aug": generator})
+    save_checkpoint(
+        tmp_path, 2, model, optimizer, scheduler, scaler=scaler, config={"lr": 0.1}, generators={"aug": generator}
+    )
     expected_draws = torch.rand(3), np.random.rand(), random.random(), torch.rand(3, generator=generator)
 
     def no_pickle(*args, **kwargs):
@@ -114,10 +117,17 @@ def test_load_restores_everything_without_unpickling(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "load", no_pickle)
     fresh, fresh_optimizer, fresh_scheduler = _trained(steps=0)
-    fresh_generator = torch.Generator()
+    fresh_generator, fresh_scaler = torch.Generator(), torch.amp.GradScaler("cpu")
     state = load_checkpoint(
-        tmp_path, fresh, fresh_optimizer, fresh_scheduler, generators={"aug": fresh_generator}, config={"lr": 0.1}
+        tmp_path,
+        fresh,
+        fresh_optimizer,
+        fresh_scheduler,
+        scaler=fresh_scaler,
+        generators={"aug": fresh_generator},
+        config={"lr": 0.1},
     )
+    assert fresh_scaler.state_dict() == scaler.state_dict()
     assert state["step"] == 2 and state["path"] == str(tmp_path / "checkpoints" / "step_000002")
     _assert_same(model.state_dict(), fresh.state_dict())
     assert fresh_scheduler.state_dict() == scheduler.state_dict()

@@ -8,7 +8,7 @@ Layout of a run folder::
             optimizer.safetensors  optimiser state tensors named state.<param index>.<key>, e.g. state.0.exp_avg
             rng.safetensors        torch CPU and CUDA RNG states, named torch.Generator states (uint8)
             state.json             step, config, extra, provenance, optimiser param groups and scalar state,
-                                   scheduler state, Python and NumPy RNG states
+                                   scheduler and AMP grad-scaler states, Python and NumPy RNG states
         latest                     the name of the newest checkpoint folder, written last
 
 A checkpoint folder is written under a temporary name and renamed into place, so a folder called
@@ -34,7 +34,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from umbif.provenance import provenance
-from umbif.utils import write_text_atomic
+from umbif.utils import remove_stale_temps, write_text_atomic
 
 CHECKPOINTS = "checkpoints"  # folder inside a run folder
 LATEST = "latest"  # pointer file inside CHECKPOINTS
@@ -222,6 +222,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     *,
+    scaler: torch.amp.GradScaler | None = None,
     config: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     generators: Mapping[str, torch.Generator] | None = None,
@@ -237,6 +238,7 @@ def save_checkpoint(
         step: optimiser steps done so far; names the folder.
         model: the model (DDP and ``torch.compile`` wrappers are unwrapped).
         optimizer, scheduler: saved when given.
+        scaler: the AMP ``GradScaler`` of float16 training (its loss scale is part of the state).
         config: the resolved run config (JSON-serialisable); :func:`load_checkpoint` compares it.
         extra: anything else JSON-serialisable the loop needs to resume: epoch, position in the epoch,
             the data fingerprint.
@@ -253,6 +255,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step_*.tmp"):  # left by a crash during an earlier save
         shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(root / LATEST)
 
     name = f"step_{step:06d}"
     rng_tensors, rng_info = _rng_split(capture_rng_states(generators))
@@ -265,6 +268,7 @@ def save_checkpoint(
         "provenance": provenance(),
         "optimizer": None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_info,
     }
     tmp = root / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
@@ -338,17 +342,18 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     *,
+    scaler: torch.amp.GradScaler | None = None,
     generators: Mapping[str, torch.Generator] | None = None,
     config: Mapping[str, Any] | None = None,
     ignore: Iterable[str] = DEFAULT_IGNORE,
     restore_rng: bool = True,
 ) -> dict[str, Any]:
-    """Restore a checkpoint into ``model`` (and ``optimizer``, ``scheduler``, the global RNGs and the named
-    ``generators``) so that training continues exactly as if it had not stopped.
+    """Restore a checkpoint into ``model`` (and ``optimizer``, ``scheduler``, ``scaler``, the global RNGs and
+    the named ``generators``) so that training continues exactly as if it had not stopped.
 
     Args:
         path: a checkpoint folder, or a run folder (its latest checkpoint is used).
-        model, optimizer, scheduler: built as for a fresh run; loaded in place.
+        model, optimizer, scheduler, scaler: built as for a fresh run; loaded in place.
         generators: named generators to restore, the names used when saving.
         config: the current run config; when given, it must match the saved one (:func:`check_compatible`)
             except for the keys in ``ignore``; checked before anything is loaded.
@@ -387,6 +392,10 @@ def load_checkpoint(
         if state["scheduler"] is None:
             raise CheckpointError(f"{folder} has no scheduler state")
         scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None:
+        if state["scaler"] is None:
+            raise CheckpointError(f"{folder} has no grad-scaler state")
+        scaler.load_state_dict(state["scaler"])
     if restore_rng:
         restore_rng_states(_rng_join(load_file(str(folder / "rng.safetensors")), state["rng"]), generators)
     del state["rng"]  # internal: restored above

@@ -63,7 +63,12 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend or ("nccl" if cuda else "gloo"), rank=rank, world_size=world_size)
+    dist.init_process_group(
+        backend=backend or ("nccl" if cuda else "gloo"),
+        rank=rank,
+        world_size=world_size,
+        device_id=device if cuda else None,  # binds NCCL to this GPU (barriers and collectives use it)
+    )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
