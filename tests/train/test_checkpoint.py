@@ -140,6 +140,16 @@ def test_load_restores_everything_without_unpickling(tmp_path, monkeypatch):
     assert draws[1:3] == expected_draws[1:3]
 
 
+def test_plateau_scheduler_with_infinite_best_round_trips(tmp_path):
+    model, optimizer, _ = _trained(steps=0)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    save_checkpoint(tmp_path, 1, model, optimizer, plateau)
+    fresh, fresh_optimizer, _ = _trained(steps=0)
+    fresh_plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(fresh_optimizer)
+    load_checkpoint(tmp_path, fresh, fresh_optimizer, fresh_plateau)
+    assert fresh_plateau.best == float("inf")
+
+
 def test_tied_weights_round_trip(tmp_path):
     class Tied(nn.Module):
         def __init__(self):
@@ -223,6 +233,8 @@ def test_load_refuses_mismatches_before_touching_the_model(tmp_path):
     _assert_same(before, fresh.state_dict())
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_checkpoint(tmp_path, nn.Sequential(nn.Linear(3, 4)))
+    with pytest.raises(CheckpointError, match="size mismatch"):
+        load_checkpoint(tmp_path, nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)))
     with pytest.raises(CheckpointError, match="holds AdamW state, the run uses SGD"):
         load_checkpoint(tmp_path, fresh, torch.optim.SGD(fresh.parameters(), lr=0.1))
     with pytest.raises(CheckpointError, match="no scheduler state"):

@@ -206,7 +206,7 @@ def _json_text(value: Any, what: str) -> str:
     def refuse(obj: Any) -> Any:
         raise TypeError(f"{what} holds a {type(obj).__name__}, which a checkpoint's JSON cannot store")
 
-    return json.dumps(value, indent=1, default=refuse, allow_nan=False) + "\n"
+    return json.dumps(value, indent=1, default=refuse) + "\n"  # Infinity allowed: ReduceLROnPlateau starts there
 
 
 def _step_dirs(root: Path) -> list[tuple[int, Path]]:
@@ -373,7 +373,10 @@ def load_checkpoint(
     if config is not None and state["config"] is not None:
         check_compatible(state["config"], config, ignore)
 
-    missing, unexpected = load_model(unwrap(model), str(folder / "model.safetensors"), strict=False)
+    try:
+        missing, unexpected = load_model(unwrap(model), str(folder / "model.safetensors"), strict=False)
+    except RuntimeError as error:  # tensor shapes differ
+        raise CheckpointError(f"{folder / 'model.safetensors'} does not fit the model: {error}") from error
     if missing or unexpected:
         raise CheckpointError(
             f"{folder / 'model.safetensors'} does not fit the model: missing {sorted(missing)[:10]}, "
