@@ -3,6 +3,7 @@ function per command. Heavy modules are imported inside the commands so ``--help
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -611,3 +612,112 @@ def synth(
         f"  cohort card: {escape(str(out_dir / 'cohort_card.md'))}",
         highlight=False,
     )
+
+
+# ---------------------------------------------------------------------------------------- pretrain
+@app.command("pretrain")
+def pretrain(
+    manifest: Annotated[Path, typer.Argument(help="Manifest of the exams to train on (.csv or .parquet).")],
+    cache: Annotated[Path, typer.Option(help="Exam cache written by `umbif preprocess` from that manifest.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, previews.")],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML with run settings (see configs/pretrain.yaml); options win.")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="Model size: tiny, small, base or large.")] = None,
+    objective: Annotated[str | None, typer.Option(help="hybrid (default), mae or contrastive (ablations).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps in total.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Exams per step and process.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    amp: Annotated[str | None, typer.Option(help="auto (bf16 where supported), bf16 or off.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
+) -> None:
+    """Pretrain UMBIF self-supervised: masked reconstruction + contrastive (hybrid objective).
+
+    Trains on the manifest's exams that are in the cache, writes checkpoints (safetensors + JSON)
+    every `checkpoint_every` steps and at the end, per-term losses to metrics.jsonl and
+    reconstruction previews to previews/. A killed run continues exactly with `--resume`. On a
+    cluster, run the same command under `torchrun --nproc_per_node N` (DistributedDataParallel).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from umbif.train.pretrain import PretrainConfig, describe
+    from umbif.train.pretrain import pretrain as run
+
+    try:
+        settings = PretrainConfig.from_yaml(config).to_dict() if config else {}
+        model = dict(settings.get("model", {}))
+        if preset is not None:  # --preset decides every size, whatever the YAML said
+            model = {k: v for k, v in model.items() if k not in _SIZE_FIELDS} | {"preset": preset}
+        if objective is not None:
+            model["objective"] = objective
+        given = {"total_steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "amp": amp}
+        settings.update({k: v for k, v in given.items() if v is not None}, model=model)
+        if steps is not None and "warmup_steps" not in settings:
+            settings["warmup_steps"] = max(1, min(100, steps // 10))
+        settings_obj = PretrainConfig.model_validate(settings)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(f"bad settings: {err}")
+    table = _read_manifest(manifest, None).table
+    console.print(describe(settings_obj), highlight=False)
+    columns = (TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
+    try:
+        with Progress(*columns, TimeRemainingColumn(), console=console, transient=False) as progress:
+            task = progress.add_task("", total=settings_obj.total_steps)
+
+            def on_step(step: int, total: int, losses: dict[str, float]) -> None:
+                text = " ".join(f"{k} {v:.3f}" for k, v in losses.items() if k.startswith("loss"))
+                progress.update(task, completed=step, description=text)
+
+            result = run(
+                cache, out_dir, settings_obj, exam_ids=_cached_ids(cache, table), resume=resume, on_step=on_step
+            )
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        _fail(str(err))
+    if result:
+        out.print(
+            f"[green]done[/]: step {result['step']}, loss {result['loss']:.4f} (reconstruction "
+            f"{result['loss_rec']:.4f}, contrastive {result['loss_con']:.4f}) -> {escape(str(out_dir))}",
+            highlight=False,
+        )
+
+
+_SIZE_FIELDS = ("dim", "depth", "heads", "decoder_dim", "decoder_depth", "decoder_heads")
+
+
+def _cached_ids(cache: Path, table) -> list[str]:
+    """The manifest's exams that the cache holds (the others are named once, not trained on)."""
+    from umbif.data.cache import read_index
+
+    try:
+        cached = {e["exam_id"] for e in read_index(cache)["exams"]}
+    except FileNotFoundError as err:
+        _fail(f"{err}; run `umbif preprocess` first")
+    ids = [e for e in table["exam_id"] if e in cached]
+    missing = len(table) - len(ids)
+    if missing:
+        console.print(f"[yellow]note[/]: {missing} exams of the manifest are not in the cache and are left out")
+    return ids
+
+
+@app.command("export")
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder of `umbif pretrain` (or one checkpoint folder).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for encoder.safetensors + config.json.")],
+) -> None:
+    """Write the pretrained encoder alone, ready for `umbif.load_encoder(OUT)`."""
+    from umbif.models.io import save_encoder
+    from umbif.models.umbif import UMBIFPretrainer
+    from umbif.train.checkpoint import load_checkpoint, resolve_checkpoint
+    from umbif.train.pretrain import PretrainConfig
+
+    try:
+        folder = resolve_checkpoint(run_dir)
+        state = json.loads((folder / "state.json").read_text())
+        config = PretrainConfig.model_validate(state["config"]).model
+        model = UMBIFPretrainer(config)
+        load_checkpoint(folder, model, restore_rng=False)
+        path = save_encoder(model.encoder, config, out_dir)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        _fail(str(err))
+    out.print(f"wrote {escape(str(path))} (step {state['step']}); load it with umbif.load_encoder", highlight=False)

@@ -131,3 +131,33 @@ def plot_synth_preview(manifest, kinds: Sequence[str], path: str | Path, count: 
                 label = f"{exam.site}\n{kinds[index]} t{exam.timepoint:g}"
                 ax.set_ylabel(label, color="white", fontsize=8)
     return _save(fig, path, dpi=100)
+
+
+def plot_reconstruction(
+    image: np.ndarray, masked: np.ndarray, reconstruction: np.ndarray, names: Sequence[str], path: str | Path
+) -> Path:
+    """What pretraining learns: per sequence (rows), the input, what the encoder saw (hidden patches
+    black) and the decoder's reconstruction, on the middle axial slice.
+
+    Args:
+        image, masked, reconstruction: ``[C, X, Y, Z]`` (``masked`` is 1 where a patch was hidden).
+        names: the C sequence names.
+        path: the PNG to write (atomically).
+    """
+    z = image.shape[-1] // 2
+    columns = ("input", "seen by the encoder", "reconstruction")
+    fig = Figure(figsize=(6.6, 2.2 * len(names)), facecolor="black")
+    axes = fig.subplots(len(names), 3, squeeze=False)
+    for row, name in enumerate(names):
+        panels = (image[row], np.where(masked[row] > 0.5, np.nan, image[row]), reconstruction[row])
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(_slice(panel, 2, z), cmap="gray", vmin=-3, vmax=3)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_facecolor("black")
+            if row == 0:
+                ax.set_title(columns[col], color="white", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(name, color="white", fontsize=10)
+    return _save(fig, path, dpi=90)
