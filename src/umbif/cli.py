@@ -659,10 +659,12 @@ def pretrain(
     except (ValueError, FileNotFoundError) as err:
         _fail(f"bad settings: {err}")
     table = _read_manifest(manifest, None).table
-    console.print(describe(settings_obj), highlight=False)
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    if is_main:
+        console.print(describe(settings_obj), highlight=False)
     columns = (TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
     try:
-        with Progress(*columns, TimeRemainingColumn(), console=console, transient=False) as progress:
+        with Progress(*columns, TimeRemainingColumn(), console=console, disable=not is_main) as progress:
             task = progress.add_task("", total=settings_obj.total_steps)
 
             def on_step(step: int, total: int, losses: dict[str, float]) -> None:
@@ -674,7 +676,7 @@ def pretrain(
             )
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(str(err))
-    if result:
+    if is_main:
         out.print(
             f"[green]done[/]: step {result['step']}, loss {result['loss']:.4f} (reconstruction "
             f"{result['loss_rec']:.4f}, contrastive {result['loss_con']:.4f}) -> {escape(str(out_dir))}",

@@ -157,7 +157,8 @@ def pretrain(
     torch.manual_seed(config.seed + info.rank)
 
     # ---- data
-    dataset = CacheDataset(cache_dir, exam_ids=exam_ids)
+    dataset = CacheDataset(cache_dir, exam_ids=sorted(exam_ids) if exam_ids is not None else None)
+    dataset.entries.sort(key=lambda entry: entry["exam_id"])  # batches do not depend on manifest row order
     grid = tuple(dataset[0]["image"].shape[1:]) if len(dataset) else ()
     if not len(dataset):
         raise ValueError(f"{cache_dir} holds no exam to train on; run `umbif preprocess` first")
@@ -182,13 +183,18 @@ def pretrain(
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise ValueError(f"{run_dir} has no checkpoint to resume from; start without --resume")
+        # the saved RNG states are rank 0's: other ranks reseed from the step (reproducible, and a
+        # single-process resume stays bitwise exact)
         state = load_checkpoint(
-            checkpoint, model, optimizer, scheduler, generators={"train": generator}, config=config.to_dict(),
-            ignore=(*DEFAULT_IGNORE, "warmup_steps", "preview_every"),  # a run may be extended
+            checkpoint, model, optimizer, scheduler, generators={"train": generator} if is_main else None,
+            config=config.to_dict(), ignore=(*DEFAULT_IGNORE, "warmup_steps", "preview_every"), restore_rng=is_main,
         )  # fmt: skip
         if state.get("extra", {}).get("data_fingerprint") not in (None, fingerprint):
             raise ValueError(f"{checkpoint} was trained on other exams (data fingerprint differs)")
         step = int(state["step"])
+        if not is_main:  # DDP
+            torch.manual_seed(config.seed + info.rank + 7919 * step)
+            generator.manual_seed(config.seed * 1000 + info.rank + 7919 * step)
     elif is_main and latest_checkpoint(run_dir) is not None:
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if is_main:
