@@ -22,7 +22,9 @@ app = typer.Typer(
         "UMBIF: build and use a brain-MRI foundation model from your own routine scans.\n\n"
         "Data path: `umbif ingest` (files -> manifest), `umbif manifest validate|summary`, "
         "`umbif preprocess` (manifest -> fast exam cache), `umbif cache info|show`. "
-        "No data yet? `umbif synth` writes a synthetic multi-site glioma archive."
+        "No data yet? `umbif synth` writes a synthetic multi-site glioma archive.\n\n"
+        "Model: `umbif pretrain` (hybrid self-supervised pretraining; torchrun for several GPUs), "
+        "`umbif export` (the encoder alone, for `umbif.load_encoder`)."
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
