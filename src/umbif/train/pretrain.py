@@ -220,7 +220,7 @@ def pretrain(
         totals = {"loss": 0.0, "loss_rec": 0.0, "loss_con": 0.0}
         for micro in range(config.accum_steps):
             batch = next(stream)
-            images = batch["image"].to(info.device, torch.float32, non_blocking=True)  # [B, S, X, Y, Z]
+            images = batch["image"].to(info.device, non_blocking=True)  # [B, S, X, Y, Z] float16: cropped first
             present = batch["present"].to(info.device)  # [B, S]
             if config.model.objective == "mae":
                 view1, view2 = augment(images, present, config.augment, generator), None
