@@ -159,9 +159,10 @@ def pretrain(
     # ---- data
     dataset = CacheDataset(cache_dir, exam_ids=sorted(exam_ids) if exam_ids is not None else None)
     dataset.entries.sort(key=lambda entry: entry["exam_id"])  # batches do not depend on manifest row order
-    grid = tuple(dataset[0]["image"].shape[1:]) if len(dataset) else ()
     if not len(dataset):
         raise ValueError(f"{cache_dir} holds no exam to train on; run `umbif preprocess` first")
+    first = dataset[0]  # also the exam of the reconstruction previews
+    grid = tuple(first["image"].shape[1:])
     if any(g < s for g, s in zip(grid, config.model.image_size, strict=True)):
         raise ValueError(f"the cache grid {grid} is smaller than the model input {config.model.image_size}")
     loader = make_loader(dataset, config.batch_size, info, seed=config.seed, num_workers=config.num_workers)
@@ -211,7 +212,7 @@ def pretrain(
     amp = autocast_dtype(config.amp, info.device)
     logger = MetricsLogger(run_dir, is_main, resume_step=step)
     stream = batches(loader, step * config.accum_steps)
-    preview_exam = {k: v[:1] for k, v in next(iter(torch.utils.data.DataLoader(dataset, batch_size=1))).items()}
+    preview_exam = {"image": first["image"][None], "present": first["present"][None]}  # a batch of one
 
     # ---- the loop
     start, last = time.time(), {}
