@@ -643,14 +643,17 @@ def pretrain(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from umbif.config import read_yaml
+    from umbif.models.umbif import PRESETS
     from umbif.train.pretrain import PretrainConfig, describe
     from umbif.train.pretrain import pretrain as run
 
     try:
-        settings = PretrainConfig.from_yaml(config).to_dict() if config else {}
-        model = dict(settings.get("model", {}))
+        settings = read_yaml(config) if config else {}  # only what the file sets: defaults come later
+        model = dict(settings.get("model") or {})
         if preset is not None:  # --preset decides every size, whatever the YAML said
-            model = {k: v for k, v in model.items() if k not in _SIZE_FIELDS} | {"preset": preset}
+            sizes = set().union(*PRESETS.values())  # the fields a preset sets
+            model = {k: v for k, v in model.items() if k not in sizes} | {"preset": preset}
         if objective is not None:
             model["objective"] = objective
         given = {"total_steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "amp": amp}
@@ -684,9 +687,6 @@ def pretrain(
             f"{result['loss_rec']:.4f}, contrastive {result['loss_con']:.4f}) -> {escape(str(out_dir))}",
             highlight=False,
         )
-
-
-_SIZE_FIELDS = ("dim", "depth", "heads", "decoder_dim", "decoder_depth", "decoder_heads")
 
 
 def _cached_ids(cache: Path, table) -> list[str]:

@@ -12,6 +12,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The keys a YAML config file sets (no defaults filled in), checked to be a mapping."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
 class FrozenConfig(BaseModel):
     """Base for configs: immutable, unknown keys rejected (a typo in YAML is an error, not ignored)."""
 
@@ -20,10 +28,7 @@ class FrozenConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> FrozenConfig:
         """Load a config from a YAML file; missing keys take their defaults."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-        return cls.model_validate(data)
+        return cls.model_validate(read_yaml(path))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -137,3 +137,17 @@ def test_same_command_under_torchrun_with_two_processes(cache: Path, tmp_path: P
     assert (tmp_path / "ddp" / "checkpoints" / "step_000003" / "model.safetensors").is_file()
     assert [m["step"] for m in read_metrics(tmp_path / "ddp")] == [1, 2, 3]  # rank 0 alone writes
     assert done.stdout.count("done: step 3") == 1  # and alone talks
+
+
+def test_cli_options_win_over_the_yaml_and_derive_the_warm_up(cache: Path, tmp_path: Path) -> None:
+    """A YAML that sets sizes but no warm-up: --steps 2 gets a fitting warm-up, --preset replaces the sizes."""
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("model:\n  image_size: [32, 32, 32]\n  patch_size: 8\n  dim: 48\n  heads: 2\n")
+    base = ["pretrain", str(cache / "synth" / "manifest.csv"), "--cache", str(cache / "cache"), "--config",
+            str(yaml_file), "--steps", "2", "--batch-size", "2"]  # fmt: skip
+    own = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "own")])
+    assert own.exit_code == 0, own.output
+    assert "encoder 48 wide" in own.output
+    preset = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "preset"), "--preset", "tiny"])
+    assert preset.exit_code == 0, preset.output
+    assert "encoder 96 wide" in preset.output
