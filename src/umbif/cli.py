@@ -725,3 +725,7 @@ def export(
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(str(err))
     out.print(f"wrote {escape(str(path))} (step {state['step']}); load it with umbif.load_encoder", highlight=False)
+
+
+# Downstream commands live in umbif/commands/ and register themselves on `app` when imported.
+import umbif.commands  # noqa: E402, F401

@@ -1,0 +1,3 @@
+"""`umbif adapt` commands (filled in by its issue work)."""
+
+from umbif.cli import app  # noqa: F401

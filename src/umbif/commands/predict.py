@@ -1,0 +1,3 @@
+"""`umbif predict` commands (filled in by its issue work)."""
+
+from umbif.cli import app  # noqa: F401

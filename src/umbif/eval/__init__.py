@@ -1,0 +1,1 @@
+"""Downstream evaluation: tasks and their labelled samples, patient-level splits, metrics, reports."""
