@@ -7,8 +7,8 @@ A *sample* is what one prediction is made for:
   patient keeps every patient's weight equal). 1p/19q is only recorded for IDH-mutant tumours,
   so its samples are those patients.
 - ``outcome`` (progression vs. treatment effect after therapy): one sample per labelled
-  follow-up exam, paired with the same patient's baseline (earliest exam before it). A follow-up
-  without an earlier exam cannot be paired and is left out, with a reason.
+  follow-up exam, paired with the same patient's baseline: the earliest usable (e.g. cached) exam
+  before it. A follow-up without an earlier exam cannot be paired and is left out, with a reason.
 
 Every table made here has the columns of :data:`SAMPLE_COLUMNS`; ``y`` is 1 for the task's
 positive class (``umbif.data.manifest.LABELS``), 0 for the negative.
@@ -101,7 +101,8 @@ def labelled_samples(table: pd.DataFrame, task: str, exam_ids: set[str] | None =
     values = frame[task].str.strip().str.lower()
     unknown = frame[(values != "") & ~values.isin([positive, negative])]
     skipped += [f"{r.exam_id}: {task} value {r[task]!r} is not {positive} or {negative}" for _, r in unknown.iterrows()]
-    labelled = frame[values.isin([positive, negative])].assign(y=(values == positive).astype(int))
+    keep = values.isin([positive, negative])
+    labelled = frame[keep].assign(y=(values[keep] == positive).astype(int).to_numpy())
     if task in PAIRED_TASKS:
         rows = []
         for _, row in labelled.iterrows():

@@ -61,7 +61,11 @@ def save_encoder(encoder: UMBIFEncoder, config: ModelConfig, out_dir: str | Path
 
 
 def load_encoder(
-    path: str | Path, device: str | torch.device = "cpu", strict: bool = True, config: ModelConfig | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    strict: bool = True,
+    config: ModelConfig | None = None,
+    image_size: tuple[int, int, int] | None = None,
 ) -> UMBIFEncoder:
     """Load an encoder exported by :func:`save_encoder` (or any safetensors file of its weights).
 
@@ -72,6 +76,8 @@ def load_encoder(
         strict: raise on missing or unexpected keys (False: warn, naming them, and keep going).
         config: use this architecture instead of the one stored with the weights (e.g. another
             ``image_size``: the position embeddings are fixed, so the weights fit any grid).
+        image_size: run the stored architecture on this grid (e.g. the whole cached exam, when the
+            encoder was pretrained on smaller crops); must be a multiple of the patch size.
 
     Returns:
         the encoder in eval mode; ``encoder(images, present)`` maps ``[B, S, X, Y, Z]`` and ``[B, S]``
@@ -96,6 +102,8 @@ def load_encoder(
         raise ValueError(f"{path}: expected an encoder folder or a .safetensors file")
     state, metadata = read_safetensors(weights)
     config = config or _stored_config(weights, metadata)
+    if image_size is not None:
+        config = ModelConfig.model_validate({**config.to_dict(), "image_size": tuple(image_size)})
     encoder = UMBIFEncoder(config)
     load_state_tolerant(encoder, state, strict=strict)
     return encoder.to(device).eval()
