@@ -1,0 +1,808 @@
+"""Fine-tune the pretrained UMBIF encoder on the glioma tasks: one model, one head per task.
+
+Read top to bottom: config, items (what one training example is), the multi-task model, the pure
+pieces (masked loss, layer-wise learning rates, inner split, Youden threshold), the loop, and the
+entry points — :func:`finetune_and_predict` for cross-validation, :func:`finetune` +
+:func:`save_finetuned` for the final model (a classifier folder for ``umbif predict``).
+
+Items. A sample of ``idh``/``mgmt``/``codeletion_1p19q`` is an exam; a sample of ``outcome`` is a
+(baseline, follow-up) pair. Samples of all tasks are merged into *items* keyed by
+``(exam_id, baseline_exam_id)`` with one label per task, NaN where the item has none (1p/19q exists
+only for IDH-mutant tumours; a pair has no genotype label). The loss of an item is the BCE summed over
+the tasks it is labelled for, so a missing label contributes no gradient. The shared encoder embeds
+both exams of a pair; the outcome head sees ``concat(baseline, followup, followup - baseline)``.
+
+Everything chosen from data — early stopping, the decision threshold (Youden J) and the class weights —
+comes from the training tables only: an inner validation split of the training *patients*
+(grouped, stratified), never the test rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import model_validator
+from torch.utils.data import DataLoader, Dataset
+
+from umbif.config import FrozenConfig
+from umbif.data.cache import read_index
+from umbif.data.datasets import CacheDataset
+from umbif.data.manifest import LABELS
+from umbif.eval.tasks import PAIRED_TASKS, SAMPLE_COLUMNS, check_task
+from umbif.models.heads import MultiTaskModel, TaskHead
+from umbif.models.io import load_encoder, save_encoder
+from umbif.models.umbif import ModelConfig, UMBIFEncoder
+from umbif.provenance import provenance, write_provenance
+from umbif.train.augment import AugmentConfig, augment
+from umbif.train.distributed import seed_everything
+from umbif.train.pretrain import autocast_dtype as _pretrain_autocast
+from umbif.train.schedule import warmup_cosine
+from umbif.utils import atomic_write, write_text_atomic
+
+HEADS_FILE = "heads.safetensors"
+CLASSIFIER_FILE = "classifier.json"
+HISTORY_FILE = "history.jsonl"
+PROVENANCE_FILE = "provenance.json"
+
+# light augmentation for fine-tuning: left-right flips and a small per-sequence scale/shift, whole grid
+FINETUNE_AUGMENT = AugmentConfig(
+    crop=None,
+    flip_prob=0.5,
+    gamma_prob=0.0,
+    bias_prob=0.0,
+    intensity_prob=0.5,
+    scale=(0.95, 1.05),
+    shift=(-0.05, 0.05),
+    noise_prob=0.0,
+)
+
+
+class FinetuneConfig(FrozenConfig):
+    """How the encoder and its task heads are fine-tuned; saved in the output's provenance.
+
+    Example:
+        >>> FinetuneConfig(head="mlp", mode="partial", trainable_blocks=2).epochs
+        30
+    """
+
+    head: Literal["linear", "mlp", "attention"] = "linear"  # linear/MLP on CLS, attention pooling; only linear exports
+    mode: Literal["full", "partial", "frozen"] = "full"  # train all | the last trainable_blocks blocks | heads only
+    trainable_blocks: int = 1  # partial mode: the last k encoder blocks (and the final norm) train
+    epochs: int = 30  # maximum passes over the training items (early stopping may end sooner)
+    batch_size: int = 4  # items per step (a pair counts once but is encoded twice)
+    lr: float = 5e-4  # peak learning rate of the heads; encoder layers get less (layer_decay)
+    layer_decay: float = 0.75  # block i gets lr * layer_decay^(depth - i), the embeddings lr * layer_decay^(depth + 1)
+    weight_decay: float = 0.05  # AdamW; none on biases, norms, tokens and embeddings (no_weight_decay)
+    warmup_epochs: int = 1  # linear warm-up, then cosine decay per step
+    min_lr_ratio: float = 0.01  # final lr = lr * min_lr_ratio
+    clip_grad: float = 1.0  # max global gradient norm; 0 = off
+    patience: int = 5  # stop after this many epochs without improvement of the monitored value
+    monitor: Literal["loss", "auc"] = "loss"  # inner-validation loss (lower) or mean AUC over tasks (higher)
+    val_fraction: float = 0.2  # share of training patients held out as the inner validation split
+    pos_weight: bool = True  # weigh positives by n_negative / n_positive per task (training prevalence)
+    augment: AugmentConfig | None = FINETUNE_AUGMENT  # flips + light intensity; None: no augmentation
+    mlp_hidden: int = 256  # hidden width of the MLP head
+    head_dropout: float = 0.1  # dropout of the MLP head
+    pool_heads: int = 1  # heads of attention pooling (must divide the encoder width)
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA where supported, off on the CPU
+    seed: int = 0  # head initialisation, batch order, augmentation, inner split
+    num_workers: int = 0  # data loader processes
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if min(self.epochs, self.batch_size, self.trainable_blocks, self.patience, self.mlp_hidden) < 1:
+            raise ValueError("epochs, batch_size, trainable_blocks, patience and mlp_hidden must be >= 1")
+        if not 0.0 < self.val_fraction <= 0.5:
+            raise ValueError(f"val_fraction must be in (0, 0.5], got {self.val_fraction}")
+        if not 0.0 < self.layer_decay <= 1.0 or self.lr <= 0:
+            raise ValueError(f"need lr > 0 and 0 < layer_decay <= 1, got lr {self.lr}, layer_decay {self.layer_decay}")
+        if self.augment is not None and self.augment.crop is not None:
+            raise ValueError("augment.crop must be null: fine-tuning sees the whole cache grid")
+        return self
+
+
+# ----------------------------------------------------------------------------- items
+
+
+@dataclass(frozen=True)
+class Items:
+    """Training or test examples: one per distinct ``(exam_id, baseline_exam_id)``.
+
+    ``labels`` is ``[N, T]`` float32 in ``tasks`` order, NaN where an item has no label for a task;
+    ``rows[task]`` maps each row of the task's sample table to its item index.
+    """
+
+    exam_ids: list[str]
+    baseline_ids: list[str]  # "" for single-exam items
+    patient_ids: list[str]
+    labels: np.ndarray  # [N, T]
+    tasks: tuple[str, ...]
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.exam_ids)
+
+    def subset(self, index: np.ndarray) -> Items:
+        """The items at ``index`` (``rows`` is dropped: it refers to the full set)."""
+        pick = [int(i) for i in index]
+        return Items(
+            [self.exam_ids[i] for i in pick],
+            [self.baseline_ids[i] for i in pick],
+            [self.patient_ids[i] for i in pick],
+            self.labels[pick],
+            self.tasks,
+        )
+
+
+def build_items(tables: Mapping[str, pd.DataFrame], tasks: Sequence[str], with_labels: bool = True) -> Items:
+    """Merge per-task sample tables (``umbif.eval.tasks.SAMPLE_COLUMNS``) into items.
+
+    Args:
+        tables: task -> sample table.
+        tasks: the model's tasks, in head order (every key of ``tables`` must be one).
+        with_labels: False for test tables: their labels are never read.
+
+    Returns:
+        :class:`Items`.
+
+    Raises:
+        ValueError: a column is missing, an outcome row has no baseline, or one exam has two labels for a task.
+
+    Example:
+        >>> items = build_items({"idh": idh_table, "mgmt": mgmt_table}, ("idh", "mgmt"))
+    """
+    keys: dict[tuple[str, str], int] = {}
+    exams: list[str] = []
+    baselines: list[str] = []
+    patients: list[str] = []
+    labels: list[list[float]] = []
+    rows: dict[str, np.ndarray] = {}
+    for task, table in tables.items():
+        if task not in tasks:
+            raise ValueError(f"task {task!r} is not one of the model's tasks {list(tasks)}")
+        missing = [c for c in SAMPLE_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"the {task} sample table lacks columns {missing}; build it with umbif.eval.tasks")
+        t = tasks.index(task)
+        index = []
+        for exam, baseline, patient, y in zip(
+            table["exam_id"], table["baseline_exam_id"], table["patient_id"], table["y"], strict=True
+        ):
+            baseline = str(baseline) if task in PAIRED_TASKS else ""
+            if task in PAIRED_TASKS and baseline in ("", "nan"):
+                raise ValueError(f"{task} sample {exam!r} has no baseline_exam_id; outcome needs a pair")
+            key = (str(exam), baseline)
+            if key not in keys:
+                keys[key] = len(exams)
+                exams.append(key[0])
+                baselines.append(baseline)
+                patients.append(str(patient))
+                labels.append([math.nan] * len(tasks))
+            i = keys[key]
+            value = float(y) if with_labels else math.nan
+            if with_labels and value not in (0.0, 1.0):
+                raise ValueError(f"{task} sample {exam!r}: y must be 0 or 1, got {y!r}")
+            if not math.isnan(labels[i][t]) and labels[i][t] != value:
+                raise ValueError(f"{task} sample {exam!r} appears twice with different labels")
+            labels[i][t] = value
+            index.append(i)
+        rows[task] = np.asarray(index, dtype=np.int64)
+    label_array = np.asarray(labels, dtype=np.float32).reshape(len(exams), len(tasks))
+    return Items(exams, baselines, patients, label_array, tuple(tasks), rows)
+
+
+class ItemDataset(Dataset):
+    """Items as tensors from the exam cache: ``image`` ``[4, X, Y, Z]`` float16, ``present`` ``[4]``,
+    ``labels`` ``[T]`` (NaN = missing), and for pairs ``baseline_image``/``baseline_present`` (else None)."""
+
+    def __init__(self, cache: CacheDataset, items: Items):
+        self.cache = cache
+        self.items = items
+        self.position = {entry["exam_id"]: i for i, entry in enumerate(cache.entries)}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        exam = self.cache[self.position[self.items.exam_ids[index]]]
+        baseline_id = self.items.baseline_ids[index]
+        baseline = self.cache[self.position[baseline_id]] if baseline_id else None
+        return {
+            "image": exam["image"],
+            "present": exam["present"],
+            "labels": torch.from_numpy(self.items.labels[index]),
+            "baseline_image": baseline["image"] if baseline else None,
+            "baseline_present": baseline["present"] if baseline else None,
+        }
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack items; ``paired`` ``[B]`` marks pairs, whose baselines stack to ``[P, 4, X, Y, Z]`` (None if P = 0)."""
+    paired = torch.tensor([item["baseline_image"] is not None for item in batch])
+    pairs = [item for item in batch if item["baseline_image"] is not None]
+    return {
+        "image": torch.stack([item["image"] for item in batch]),
+        "present": torch.stack([item["present"] for item in batch]),
+        "labels": torch.stack([item["labels"] for item in batch]),
+        "paired": paired,
+        "baseline_image": torch.stack([item["baseline_image"] for item in pairs]) if pairs else None,
+        "baseline_present": torch.stack([item["baseline_present"] for item in pairs]) if pairs else None,
+    }
+
+
+# ----------------------------------------------------------------------------- model and pure pieces
+
+
+def build_model(encoder: UMBIFEncoder, tasks: Sequence[str], config: FinetuneConfig) -> MultiTaskModel:
+    """The encoder with one ``config.head`` head per task (pair heads for the paired tasks), in ``mode``."""
+    E = encoder.config.dim
+    heads = {
+        check_task(task): TaskHead(
+            E, config.head, task in PAIRED_TASKS, config.mlp_hidden, config.head_dropout, config.pool_heads
+        )
+        for task in tasks
+    }
+    return MultiTaskModel(encoder, heads, config.mode, config.trainable_blocks)
+
+
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over items of the BCE summed over the tasks each item is labelled for.
+
+    Args:
+        logits: ``[B, T]``.
+        labels: ``[B, T]`` 0/1, NaN where missing (no loss, no gradient).
+        pos_weight: ``[T]`` weight of positive examples per task, or None.
+
+    Returns:
+        scalar float32 tensor.
+
+    Example:
+        >>> masked_bce(torch.zeros(2, 2), torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+        tensor(1.0397)
+    """
+    labelled = ~torch.isnan(labels)
+    loss = F.binary_cross_entropy_with_logits(
+        logits.float(), labels.nan_to_num(0.0).float(), pos_weight=pos_weight, reduction="none"
+    )
+    return torch.where(labelled, loss, 0.0).sum() / max(1, logits.shape[0])
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Depth of a parameter for layer-wise decay: 0 embeddings, ``i + 1`` block ``i``, ``depth + 1`` the
+    final norm and the heads (BEiT's numbering)."""
+    if name.startswith("encoder.blocks."):
+        return int(name.split(".")[2]) + 1
+    if name.startswith(("encoder.patch_embed", "encoder.seq_embed", "encoder.cls_token")):
+        return 0
+    return depth + 1
+
+
+def param_groups(model: MultiTaskModel, lr: float, layer_decay: float, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups with layer-wise learning-rate decay (BEiT/MAE fine-tuning).
+
+    Parameter at layer ``l`` (:func:`layer_id`) gets ``lr * layer_decay ** (depth + 1 - l)``: the heads
+    ``lr``, block ``i`` ``lr * layer_decay ** (depth - i)``, the embeddings the lowest. No weight decay on
+    biases, norms (1-d tensors) and ``no_weight_decay()`` names. Frozen parameters are left out. Each
+    group carries ``names`` and ``layer`` for inspection.
+    """
+    depth = len(model.encoder.blocks)
+    skip = model.no_weight_decay()
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = layer_id(name, depth)
+        no_decay = param.ndim < 2 or name in skip
+        group = groups.setdefault(
+            (layer, no_decay),
+            {
+                "params": [],
+                "names": [],
+                "layer": layer,
+                "lr": lr * layer_decay ** (depth + 1 - layer),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            },
+        )
+        group["params"].append(param)
+        group["names"].append(name)
+    return [groups[key] for key in sorted(groups)]
+
+
+def inner_split(patients: Sequence[str], strata: Sequence[str], val_fraction: float, seed: int) -> np.ndarray:
+    """Boolean ``[N]`` mask of the inner validation items: whole patients, stratified by ``strata``.
+
+    One fold of a seeded ``StratifiedGroupKFold`` with ``round(1 / val_fraction)`` folds; falls back to a
+    grouped random split when the strata are too small to stratify.
+
+    Raises:
+        ValueError: fewer than two patients.
+    """
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    groups = np.asarray(patients)
+    n_groups = len(set(patients))
+    if n_groups < 2:
+        raise ValueError(f"the training data hold {n_groups} patient(s); need at least 2 for an inner validation split")
+    n_splits = min(n_groups, max(2, round(1 / val_fraction)))
+    index = np.arange(len(groups))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "least populated class has only n members"
+            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            _, val = next(splitter.split(index, np.asarray(strata), groups))
+    except ValueError:
+        splitter_random = GroupShuffleSplit(n_splits=1, test_size=1 / n_splits, random_state=seed)
+        _, val = next(splitter_random.split(index, groups=groups))
+    mask = np.zeros(len(groups), dtype=bool)
+    mask[val] = True
+    return mask
+
+
+def youden_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float | None:
+    """The score threshold maximising Youden's J = sensitivity + specificity - 1 (positive when
+    ``score >= threshold``); None when ``y_true`` has one class only.
+
+    Example:
+        >>> youden_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+        0.8
+    """
+    from sklearn.metrics import roc_curve
+
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
+        return None
+    fpr, tpr, thresholds = roc_curve(y_true, y_score)
+    j = np.where(np.isfinite(thresholds), tpr - fpr, -np.inf)  # sklearn's first threshold is +inf
+    return float(thresholds[int(np.argmax(j))])
+
+
+def _auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y_true, y_score)) if len(np.unique(y_true)) == 2 else math.nan
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+@dataclass
+class Finetuned:
+    """A fine-tuned model and everything :func:`save_finetuned` writes next to it."""
+
+    model: MultiTaskModel  # the best epoch's weights, eval mode
+    model_config: ModelConfig  # the encoder architecture on the cache grid
+    config: FinetuneConfig
+    thresholds: dict[str, float]  # task -> decision threshold (positive when score >= threshold)
+    threshold_rules: dict[str, str]  # task -> how its threshold was chosen
+    n_train: dict[str, int]  # task -> labelled training samples (inner train + inner validation)
+    history: list[dict[str, Any]]  # one record per epoch
+    preprocess: dict[str, Any]  # the cache's PreprocessConfig, so predict preprocesses the same way
+    best_epoch: int
+    excluded_patients: list[str] = field(default_factory=list)  # training patients dropped (they are in the test set)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.model.tasks
+
+
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """As in pretraining, except that ``"auto"`` stays in float32 on the CPU: bf16 autocast measured
+    ~1.5x slower there for the tiny encoder (no bf16 matrix units), and small cohorts gain nothing."""
+    if setting == "auto" and device.type == "cpu":
+        return None
+    return _pretrain_autocast(setting, device)
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _cache_plan(cache_dir: Path) -> dict[str, Any]:
+    path = cache_dir / "plan.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `umbif preprocess MANIFEST --out {cache_dir}` first")
+    return json.loads(path.read_text())["preprocess"]
+
+
+def _load_encoder_on_grid(encoder_dir: str | Path, grid: tuple[int, int, int]) -> tuple[UMBIFEncoder, ModelConfig]:
+    """The exported encoder rebuilt for ``grid`` (fixed sin-cos positions: the weights fit any grid)."""
+    stored = load_encoder(encoder_dir)
+    try:
+        config = ModelConfig.model_validate({**stored.config.to_dict(), "image_size": grid})
+    except ValueError as err:
+        raise ValueError(f"{encoder_dir}: the encoder cannot run on the cache grid {grid} ({err})") from err
+    encoder = UMBIFEncoder(config)
+    encoder.load_state_dict(stored.state_dict())
+    return encoder, config
+
+
+def _cache_dataset(cache_dir: Path, items: Items) -> CacheDataset:
+    needed = sorted(set(items.exam_ids) | {b for b in items.baseline_ids if b})
+    cached = {entry["exam_id"] for entry in read_index(cache_dir)["exams"]}
+    missing = [e for e in needed if e not in cached]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} exams of the samples are not in the cache {cache_dir}: {missing[:5]}; "
+            "run `umbif preprocess` on their manifest or leave those samples out"
+        )
+    return CacheDataset(cache_dir, exam_ids=needed)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _augment_batch(batch: dict[str, Any], config: AugmentConfig, generator: torch.Generator) -> dict[str, Any]:
+    """Augment each item; the two exams of a pair get the same flips (as 8 channels of one exam)."""
+    images, present, paired = batch["image"], batch["present"], batch["paired"]
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    baselines = batch["baseline_image"]
+    if baselines is not None:
+        joint = augment(
+            torch.cat([images[paired], baselines], dim=1),
+            torch.cat([present[paired], batch["baseline_present"]], 1),
+            config,
+            generator,
+        )
+        S = images.shape[1]
+        out[paired], baselines = joint[:, :S], joint[:, S:]
+    if bool((~paired).any()):
+        out[~paired] = augment(images[~paired], present[~paired], config, generator)
+    return {**batch, "image": out, "baseline_image": baselines}
+
+
+def _forward(model: MultiTaskModel, batch: dict[str, Any], amp: torch.dtype | None, device: torch.device):
+    baselines = batch["baseline_image"]
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        return model(
+            batch["image"].float(),
+            batch["present"],
+            batch["paired"],
+            None if baselines is None else baselines.float(),
+            batch["baseline_present"],
+        )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: MultiTaskModel, dataset: ItemDataset, batch_size: int, device: torch.device, amp: torch.dtype | None = None
+) -> np.ndarray:
+    """Logits ``[N, T]`` of every item of ``dataset`` (eval mode, no augmentation)."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    out = [_forward(model, _to_device(batch, device), amp, device).cpu() for batch in loader]
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, len(model.tasks)), dtype=np.float32)
+
+
+def _validation_record(logits: np.ndarray, items: Items, pos_weight: torch.Tensor | None) -> dict[str, Any]:
+    weight = None if pos_weight is None else pos_weight.cpu()
+    record: dict[str, Any] = {
+        "val_loss": float(masked_bce(torch.from_numpy(logits), torch.from_numpy(items.labels), weight))
+    }
+    aucs = []
+    for t, task in enumerate(items.tasks):
+        labelled = ~np.isnan(items.labels[:, t])
+        auc = _auc(items.labels[labelled, t], logits[labelled, t])
+        record[f"val_auc_{task}"] = auc
+        if math.isfinite(auc):
+            aucs.append(auc)
+    record["val_auc"] = float(np.mean(aucs)) if aucs else math.nan
+    return record
+
+
+def _pos_weight(labels: np.ndarray) -> np.ndarray:
+    """``n_negative / n_positive`` per task column (1 where a class is absent)."""
+    positive = np.nansum(labels == 1, axis=0).astype(np.float64)
+    negative = np.nansum(labels == 0, axis=0).astype(np.float64)
+    ok = (positive > 0) & (negative > 0)
+    return np.where(ok, negative / np.maximum(positive, 1), 1.0).astype(np.float32)
+
+
+def _strata(items: Items) -> list[str]:
+    """Per item, its first labelled task and label (e.g. "idh=1"): what the inner split balances."""
+    out = []
+    for row in items.labels:
+        t = int(np.flatnonzero(~np.isnan(row))[0])
+        out.append(f"{items.tasks[t]}={int(row[t])}")
+    return out
+
+
+def finetune(
+    encoder_dir: str | Path,
+    cache_dir: str | Path,
+    train: Mapping[str, pd.DataFrame],
+    config: FinetuneConfig | None = None,
+    device: str | torch.device | None = None,
+    on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
+    exclude_patients: Sequence[str] = (),
+) -> Finetuned:
+    """Fine-tune the encoder with one head per task of ``train``.
+
+    The training items are split into inner train and inner validation (whole patients, stratified,
+    ``val_fraction``); the model trains on the first, is early-stopped on the second (``monitor``,
+    ``patience``) and ends with its best epoch's weights. Each task's threshold is Youden's J on the
+    inner validation predictions (on the inner training predictions when the validation split has one
+    class of the task, 0.5 when both have one).
+
+    Args:
+        encoder_dir: an encoder exported by ``umbif export`` / :func:`umbif.models.io.save_encoder`.
+        cache_dir: the exam cache; the encoder runs on its grid.
+        train: task -> sample table (``umbif.eval.tasks.SAMPLE_COLUMNS``), all rows labelled.
+        config: settings (default :class:`FinetuneConfig`).
+        device: default CUDA when available, else CPU.
+        on_epoch: called after each epoch with ``(epoch, max_epochs, record)``.
+        exclude_patients: patients to leave out of training (e.g. those of a test fold).
+
+    Returns:
+        :class:`Finetuned`.
+
+    Raises:
+        ValueError: an empty task, too few patients, exams not in the cache, an encoder that does not fit the grid.
+        FileNotFoundError: no encoder or no cache.
+
+    Example:
+        >>> result = finetune("runs/encoder", "cache", {"idh": samples.table}, FinetuneConfig(epochs=20))
+        >>> save_finetuned(result, "models/idh")
+    """
+    config = config or FinetuneConfig()
+    cache_dir = Path(cache_dir)
+    dev = _device(device)
+    tasks = tuple(check_task(t) for t in train)
+    if not tasks:
+        raise ValueError("no task to fine-tune: train is empty")
+    for task, table in train.items():
+        if table.empty:
+            raise ValueError(f"task {task!r} has no labelled training samples")
+    excluded = set(exclude_patients)
+    kept = {t: table[~table["patient_id"].astype(str).isin(excluded)] for t, table in train.items()}
+    for task, table in kept.items():
+        if table.empty:
+            raise ValueError(f"task {task!r} has no training samples left after excluding the test patients")
+    items = build_items(kept, tasks)
+    dropped = sorted({str(p) for table in train.values() for p in table["patient_id"]} & excluded)
+
+    preprocess = _cache_plan(cache_dir)
+    grid = tuple(int(n) for n in preprocess["shape"])
+    cache = _cache_dataset(cache_dir, items)
+    seed_everything(config.seed)
+    encoder, model_config = _load_encoder_on_grid(encoder_dir, grid)  # type: ignore[arg-type]
+    model = build_model(encoder, tasks, config).to(dev)
+
+    val_mask = inner_split(items.patient_ids, _strata(items), config.val_fraction, config.seed)
+    inner_train, inner_val = items.subset(np.flatnonzero(~val_mask)), items.subset(np.flatnonzero(val_mask))
+    train_set, val_set = ItemDataset(cache, inner_train), ItemDataset(cache, inner_val)
+    pos_weight = torch.from_numpy(_pos_weight(inner_train.labels)).to(dev) if config.pos_weight else None
+
+    history, best_state, best_epoch = _fit(model, train_set, val_set, config, dev, pos_weight, on_epoch)
+    model.load_state_dict(best_state)
+    model.eval()
+
+    amp = autocast_dtype(config.amp, dev)
+    val_logits = predict_logits(model, val_set, config.batch_size, dev, amp)
+    train_logits: np.ndarray | None = None
+    thresholds, rules = {}, {}
+    for t, task in enumerate(tasks):
+        labelled = ~np.isnan(inner_val.labels[:, t])
+        threshold = youden_threshold(inner_val.labels[labelled, t], _sigmoid(val_logits[labelled, t]))
+        rules[task] = f"youden-j on the inner validation split ({config.val_fraction:g} of training patients)"
+        if threshold is None:
+            if train_logits is None:
+                train_logits = predict_logits(model, train_set, config.batch_size, dev, amp)
+            labelled = ~np.isnan(inner_train.labels[:, t])
+            threshold = youden_threshold(inner_train.labels[labelled, t], _sigmoid(train_logits[labelled, t]))
+            rules[task] = "youden-j on the inner training split (the validation split has one class)"
+        if threshold is None:
+            threshold, rules[task] = 0.5, "0.5 (the training data of this task have one class)"
+        thresholds[task] = threshold
+    n_train = {task: len(table) for task, table in kept.items()}
+    return Finetuned(
+        model.cpu(), model_config, config, thresholds, rules, n_train, history, preprocess, best_epoch, dropped
+    )
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _fit(
+    model: MultiTaskModel,
+    train_set: ItemDataset,
+    val_set: ItemDataset,
+    config: FinetuneConfig,
+    device: torch.device,
+    pos_weight: torch.Tensor | None,
+    on_epoch: Callable[[int, int, dict[str, Any]], None] | None,
+) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], int]:
+    """Train with early stopping; returns the history, the best epoch's state dict and that epoch."""
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    steps = config.epochs * len(loader)
+    optimizer = torch.optim.AdamW(param_groups(model, config.lr, config.layer_decay, config.weight_decay))
+    scheduler = warmup_cosine(optimizer, min(config.warmup_epochs * len(loader), steps), steps, config.min_lr_ratio)
+    generator = torch.Generator(device=device).manual_seed(config.seed)  # augmentations
+    amp = autocast_dtype(config.amp, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    for epoch in range(1, config.epochs + 1):
+        start, total, seen = time.time(), 0.0, 0
+        model.train()
+        for batch in loader:
+            batch = _to_device(batch, device)
+            if config.augment is not None:
+                batch = _augment_batch(batch, config.augment, generator)
+            loss = masked_bce(_forward(model, batch, amp, device), batch["labels"], pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, config.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            n = batch["image"].shape[0]
+            total, seen = total + float(loss.detach()) * n, seen + n
+        train_loss = total / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"epoch {epoch}: training loss is not finite; lower lr or use amp 'off'")
+        record = {"epoch": epoch, "train_loss": train_loss}
+        record |= _validation_record(
+            predict_logits(model, val_set, config.batch_size, device, amp), val_set.items, pos_weight
+        )
+        record |= {"lr": optimizer.param_groups[-1]["lr"], "seconds": time.time() - start}
+        auc = record["val_auc"]
+        score = auc if config.monitor == "auc" and math.isfinite(auc) else -record["val_loss"]
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        record["best_epoch"] = best_epoch
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(epoch, config.epochs, record)
+        if epoch - best_epoch >= config.patience:
+            break
+    return history, best_state, best_epoch
+
+
+def predict(
+    finetuned: Finetuned,
+    cache_dir: str | Path,
+    tables: Mapping[str, pd.DataFrame],
+    device: str | torch.device | None = None,
+) -> dict[str, np.ndarray]:
+    """Probabilities for the rows of each task's sample table (labels are not read).
+
+    Returns:
+        task -> ``[n_rows]`` float64 scores aligned with ``tables[task]``.
+    """
+    dev = _device(device)
+    items = build_items(tables, finetuned.tasks, with_labels=False)
+    if not len(items):
+        return {task: np.zeros(0) for task in tables}
+    dataset = ItemDataset(_cache_dataset(Path(cache_dir), items), items)
+    model = finetuned.model.to(dev)
+    logits = predict_logits(model, dataset, finetuned.config.batch_size, dev, autocast_dtype(finetuned.config.amp, dev))
+    finetuned.model.cpu()
+    return {task: _sigmoid(logits[items.rows[task], finetuned.tasks.index(task)]) for task in tables}
+
+
+def finetune_and_predict(
+    encoder_dir: str | Path,
+    cache_dir: str | Path,
+    train: Mapping[str, pd.DataFrame],
+    test: Mapping[str, pd.DataFrame],
+    config: FinetuneConfig | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, tuple[np.ndarray, float]]:
+    """Fine-tune on ``train`` and score ``test``: the entry point of cross-validation.
+
+    Patients with a test row in any task are left out of training (their images never train the
+    encoder, even under another task's label). Thresholds and early stopping use the training data only.
+
+    Args:
+        encoder_dir, cache_dir, config, device: as in :func:`finetune`.
+        train: task -> labelled training samples.
+        test: task -> test samples (a subset of ``train``'s tasks; ``y`` is not read).
+
+    Returns:
+        task -> ``(scores [len(test[task])], threshold)``; positive when ``score >= threshold``.
+
+    Example:
+        >>> out = finetune_and_predict("encoder", "cache", {"idh": train_idh}, {"idh": test_idh})
+        >>> scores, threshold = out["idh"]
+    """
+    unknown = [t for t in test if t not in train]
+    if unknown:
+        raise ValueError(f"test tasks {unknown} have no training samples; pass them in train too")
+    test_patients = sorted({str(p) for table in test.values() for p in table["patient_id"]})
+    result = finetune(encoder_dir, cache_dir, train, config, device, exclude_patients=test_patients)
+    scores = predict(result, cache_dir, test, device)
+    return {task: (scores[task], result.thresholds[task]) for task in test}
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def save_finetuned(finetuned: Finetuned, out_dir: str | Path) -> Path:
+    """Write a classifier folder (``umbif-classifier`` v1, method ``"finetune"``) for ``umbif predict``.
+
+    Writes the fine-tuned encoder (``encoder.safetensors``, ``config.json``), the linear heads
+    (``heads.safetensors``: ``<task>.weight`` ``[F]``, ``.bias`` ``[1]``, ``.mean`` = 0, ``.scale`` = 1),
+    ``classifier.json``, ``history.jsonl`` (one line per epoch) and ``provenance.json``.
+
+    Raises:
+        ValueError: the heads are MLP or attention heads; only linear heads on the CLS embedding fit the format
+            (nothing is written then).
+
+    Example:
+        >>> save_finetuned(finetune("encoder", "cache", tables), "models/glioma")
+    """
+    from safetensors.torch import save as safetensors_bytes
+
+    out_dir = Path(out_dir)
+    model = finetuned.model
+    weights = {task: head.linear_parameters() for task, head in model.heads.items()}  # raises before writing
+    tensors: dict[str, torch.Tensor] = {}
+    tasks: dict[str, Any] = {}
+    for task, (weight, bias) in weights.items():
+        features = weight.numel()
+        tensors |= {
+            f"{task}.weight": weight,
+            f"{task}.bias": bias,
+            f"{task}.mean": torch.zeros(features),
+            f"{task}.scale": torch.ones(features),
+        }
+        positive, negative = LABELS[task]
+        tasks[task] = {
+            "kind": "linear",
+            "inputs": "pair" if task in PAIRED_TASKS else "exam",
+            "features": features,
+            "threshold": finetuned.thresholds[task],
+            "positive": positive,
+            "negative": negative,
+            "n_train": finetuned.n_train[task],
+            "threshold_rule": finetuned.threshold_rules[task],
+        }
+    save_encoder(model.encoder, finetuned.model_config, out_dir)
+    with atomic_write(out_dir / HEADS_FILE) as handle:
+        handle.write(safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"}))
+    record = provenance(finetuned.config.to_dict(), finetuned.config.seed)
+    classifier = {
+        "format": "umbif-classifier",
+        "version": 1,
+        "method": "finetune",
+        "embedding": {"image_size": list(finetuned.model_config.image_size), "pool": "cls"},
+        "preprocess": finetuned.preprocess,
+        "tasks": tasks,
+        "provenance": record,
+    }
+    write_text_atomic(out_dir / CLASSIFIER_FILE, json.dumps(classifier, indent=2) + "\n")
+    write_text_atomic(out_dir / HISTORY_FILE, "".join(json.dumps(_json_record(r)) + "\n" for r in finetuned.history))
+    write_provenance(out_dir / PROVENANCE_FILE, finetuned.config.to_dict(), finetuned.config.seed)
+    return out_dir
+
+
+def _json_record(record: dict[str, Any]) -> dict[str, Any]:
+    """NaN (an undefined AUC) becomes null: strict JSON has no NaN."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
