@@ -173,6 +173,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         (lambda d: d.pop("kfold"), "lack"),
         (lambda d: d["kfold"][0]["test_patients"].pop(), "exactly one test fold"),
         (lambda d: d["loso"][0]["test_patients"].append("stranger"), "unknown patients"),
+        (lambda d: d["kfold"][0].pop("test_patients"), "malformed splits"),
     ],
 )
 def test_load_splits_names_the_file_and_the_problem(tmp_path: Path, damage, match: str) -> None:

@@ -110,7 +110,7 @@ def roc_auc(y_true: Any, y_score: Any, sample_weight: Any = None) -> float | np.
         return _scalar(np.full(w.shape[:-1], np.nan))
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each run of tied scores
     pos = np.add.reduceat(w * y, starts, axis=-1)  # [..., U] positive weight per distinct score
-    neg = np.add.reduceat(w * (1.0 - y), starts, axis=-1)
+    neg = np.add.reduceat(w, starts, axis=-1) - pos
     neg_below = np.cumsum(neg, axis=-1) - neg  # negative weight strictly below each score
     wins = (pos * (neg_below + 0.5 * neg)).sum(-1)
     return _scalar(_ratio(wins, pos.sum(-1) * neg.sum(-1)))
@@ -331,7 +331,9 @@ def patient_bootstrap_weights(groups: Any, n_boot: int = 1000, seed: int = 0) ->
     if labels.size == 0:
         raise ValueError("no samples to bootstrap")
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(labels.size, np.full(labels.size, 1.0 / labels.size), size=n_boot)
+    drawn = rng.integers(0, labels.size, size=(n_boot, labels.size))  # [B, G] group positions drawn
+    drawn += np.arange(n_boot)[:, None] * labels.size  # offset per replicate: one bincount counts all rows
+    counts = np.bincount(drawn.ravel(), minlength=n_boot * labels.size).reshape(n_boot, labels.size)
     return counts.astype(np.float64), index
 
 

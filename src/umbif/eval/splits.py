@@ -213,6 +213,13 @@ def load_splits(path: str | Path) -> dict[str, Any]:
 
 def _check(splits: Any, where: str) -> None:
     """Raise ValueError naming ``where`` if ``splits`` is not a consistent umbif-splits document."""
+    try:
+        _check_document(splits, where)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{where}: malformed splits ({type(error).__name__}: {error}); {_NEW_SPLITS}") from None
+
+
+def _check_document(splits: Any, where: str) -> None:
     if not isinstance(splits, dict) or splits.get("format") != FORMAT:
         found = splits.get("format") if isinstance(splits, dict) else type(splits).__name__
         raise ValueError(f"{where}: not a splits file (format {found!r}, expected {FORMAT!r}); {_NEW_SPLITS}")
