@@ -102,7 +102,7 @@ def find_exam(exam: ExamInput, table: AliasTable | None = None, label: str | Non
             if path.is_dir():
                 raise ValueError(f"{path}: a folder among files; give one exam folder, or that exam's NIfTI files")
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such file")
+                raise FileNotFoundError(f"{path}: no such exam folder or file")
             if nifti_stem(path) is None:
                 raise ValueError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
         names = [p.name for p in paths]
