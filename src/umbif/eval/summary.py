@@ -138,7 +138,8 @@ def _metrics_with_intervals(
     points, replicates = [], []
     for rows in frame.groupby("repeat").indices.values():
         y, score, threshold = (frame[c].to_numpy()[rows] for c in ("y", "score", "threshold"))
-        points.append([binary_metrics(y, score, threshold)[name] for name in METRIC_NAMES])
+        point = binary_metrics(y, score, threshold)
+        points.append([point[name] for name in METRIC_NAMES])
         chunk = max(1, _BOOTSTRAP_CHUNK // len(rows))
         parts = [
             binary_metrics(y, score, threshold, sample_weight=counts[i : i + chunk][:, patient_index[rows]])
