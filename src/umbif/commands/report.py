@@ -15,7 +15,7 @@ from umbif.cli import _fail, app, out
 def report(
     run_dir: Annotated[
         Path,
-        typer.Argument(help="Run folder of `umbif evaluate` (the folder holding metrics.json).", show_default=False),
+        typer.Argument(help="Run folder of `umbif evaluate` (the folder holding metrics.json).", metavar="RUN_DIR"),
     ],
 ) -> None:
     """Write the evaluation report of a run into RUN_DIR/report/ and print the files written.

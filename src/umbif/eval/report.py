@@ -435,20 +435,27 @@ def _config_items(document: dict[str, Any]) -> tuple[list[tuple[str, str]], str]
     return items, config
 
 
-def _sections(run: _Run) -> list[tuple[str, str, _Table]]:
-    """(heading, lead text, table) of every table section, in page order."""
-    against = run.document.get("reference_method") or "the reference method"
+def _sections(run: _Run) -> list[tuple[str, str, _Table | str]]:
+    """(heading, lead text, table or the scheme whose plots to show) of every section, in page order."""
+    schemes = [(s, _scheme(s)) for s in run.schemes]
     lead = "Accuracy, sensitivity, specificity and AUC with confidence intervals."
-    sections = [(f"Main results: {_scheme(s)}", lead, _metric_table(run, s, "main", MAIN_METRICS)) for s in run.schemes]
-    sections.append(
-        ("DeLong comparisons", f"AUC of each method against {against} on the same samples.", _delong_table(run))
+    sections: list[tuple[str, str, _Table | str]] = [
+        (f"Main results: {title}", lead, _metric_table(run, s, "main", MAIN_METRICS)) for s, title in schemes
+    ]
+    lead = (
+        "ROC curves of the pooled out-of-fold predictions (first repeat), AUC in the legend; reliability: mean "
+        "predicted score against the fraction of positives per score bin (marker size: samples in the bin)."
     )
+    sections += [(f"ROC and reliability: {title}", lead, s) for s, title in schemes]
+    against = run.document.get("reference_method") or "the reference method"
+    lead = f"AUC of each method against {against} on the same samples."
+    sections.append(("DeLong comparisons", lead, _delong_table(run)))
     lead = "Point estimates on each site's samples."
-    sections += [(f"Per site: {_scheme(s)}", lead, _site_table(run, s)) for s in run.schemes]
+    sections += [(f"Per site: {title}", lead, _site_table(run, s)) for s, title in schemes]
     lead = "Balanced accuracy, PPV, NPV and Brier score (lower is better) with confidence intervals."
     sections += [
-        (f"Secondary metrics: {_scheme(s)}", lead, _metric_table(run, s, "secondary", SECONDARY_METRICS))
-        for s in run.schemes
+        (f"Secondary metrics: {title}", lead, _metric_table(run, s, "secondary", SECONDARY_METRICS))
+        for s, title in schemes
     ]
     sections.append(("Wall time per method", "Time each method took for the whole evaluation.", _time_table(run)))
     return sections
@@ -470,14 +477,15 @@ def _render_html(run: _Run, plots: dict[str, bytes]) -> str:
     ]
     if not run.results:
         parts.append("<p><strong>metrics.json holds no results.</strong></p>")
-    for heading, lead, table in _sections(run):
-        parts.append(f"<h2>{e(heading)}</h2><p>{e(lead)}</p>{_html_table(table)}")
-    for scheme in run.schemes:
-        parts.append(f"<h2>ROC and reliability: {e(_scheme(scheme))}</h2>")
+    for heading, lead, content in _sections(run):
+        parts.append(f"<h2>{e(heading)}</h2><p>{e(lead)}</p>")
+        if isinstance(content, _Table):
+            parts.append(_html_table(content))
+            continue
         for task in run.tasks:
             images = [
-                f'<img alt="{e(kind)} {e(task)} {e(scheme)}" src="data:image/png;base64,'
-                f'{base64.b64encode(plots[_plot_name(kind, scheme, task)]).decode()}">'
+                f'<img alt="{e(kind)} {e(task)} {e(content)}" src="data:image/png;base64,'
+                f'{base64.b64encode(plots[_plot_name(kind, content, task)]).decode()}">'
                 for kind in ("roc", "reliability")
             ]
             parts.append(f'<h3>{e(TITLES.get(task, task))}</h3><div class="figures">{"".join(images)}</div>')
@@ -490,7 +498,7 @@ def _render_html(run: _Run, plots: dict[str, bytes]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _render_md(run: _Run, plots: dict[str, bytes]) -> str:
+def _render_md(run: _Run) -> str:
     parts = [
         "# umbif evaluation report",
         "",
@@ -501,13 +509,14 @@ def _render_md(run: _Run, plots: dict[str, bytes]) -> str:
     ]
     if not run.results:
         parts += ["**metrics.json holds no results.**", ""]
-    for heading, lead, table in _sections(run):
-        parts += [f"## {_md_escape(heading)}", "", _md_escape(lead), "", _md_table(table)]
-    for scheme in run.schemes:
-        parts += [f"## ROC and reliability: {_md_escape(_scheme(scheme))}", ""]
+    for heading, lead, content in _sections(run):
+        parts += [f"## {_md_escape(heading)}", "", _md_escape(lead), ""]
+        if isinstance(content, _Table):
+            parts.append(_md_table(content))
+            continue
         for task in run.tasks:
             links = [
-                f"![{kind} {_md_escape(task)}]({_plot_name(kind, scheme, task)})" for kind in ("roc", "reliability")
+                f"![{kind} {_md_escape(task)}]({_plot_name(kind, content, task)})" for kind in ("roc", "reliability")
             ]
             parts += [f"### {_md_escape(TITLES.get(task, task))}", "", " ".join(links), ""]
     items, config = _config_items(run.document)
@@ -555,7 +564,7 @@ def write_report(run_dir: str | Path, document: dict[str, Any] | None = None) ->
         for task in run.tasks
         for kind in ("roc", "reliability")
     }
-    page, markdown = _render_html(run, plots), _render_md(run, plots)  # render all before writing anything
+    page, markdown = _render_html(run, plots), _render_md(run)  # render all before writing anything
     paths: dict[str, Path] = {}
     for name, data in plots.items():
         with atomic_write(folder / name, "wb") as handle:
