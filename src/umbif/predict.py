@@ -315,8 +315,9 @@ def predict_exam(
         model: a classifier folder, or a loaded :class:`~umbif.adapt.classifier.Classifier`.
         exam: the exam folder or its NIfTI files (the follow-up, for pair tasks).
         baseline: the earlier exam of the same patient, for pair tasks.
-        saliency: compute occlusion maps; with ``out_dir``, write ``overlay_<task>.png`` and
-            ``saliency_<task>.nii.gz`` (the map on the preprocessed RAS grid, for any viewer).
+        saliency: compute occlusion maps and write ``overlay_<task>.png`` and ``saliency_<task>.nii.gz``
+            (the map on the preprocessed RAS grid, for any viewer) to ``out_dir``; without
+            ``out_dir`` no map is computed (use :func:`occlusion_maps` for the arrays).
         out_dir: where to write ``prediction.json`` (atomically) and the maps; None writes nothing.
         label, baseline_label: what to call the exams in the outputs (default: their folder names).
         aliases: extra sequence names (default: the built-in alias table).
