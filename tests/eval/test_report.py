@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import itertools
 import json
 import os
 import re
@@ -16,12 +17,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from umbif.cli import app
 from umbif.eval.report import load_metrics, write_report
+from umbif.eval.summary import metrics_document, write_metrics
+from umbif.eval.tasks import PREDICTION_COLUMNS
 
 MAIN = ("accuracy", "sensitivity", "specificity", "auc")
 SECONDARY = ("balanced_accuracy", "ppv", "npv", "brier")
@@ -387,3 +392,28 @@ def test_cli_help() -> None:
     result = _invoke("report", "--help")
     assert result.exit_code == 0
     assert "RUN_DIR" in result.output and "report.html" in result.output and "offline" in result.output
+
+
+def test_renders_what_the_summary_writes(tmp_path: Path) -> None:
+    """The contract end to end: a predictions table -> umbif.eval.summary's metrics.json -> the report."""
+    rng = np.random.default_rng(0)
+    rows = []
+    runs = (("kfold", 0), ("kfold", 1), ("loso", 0))
+    for method, task, (scheme, repeat) in itertools.product(("umbif-probe", "radiomics-lr"), ("idh", "mgmt"), runs):
+        for i in range(24):
+            y, site = i % 2, f"s{i % 3}"
+            fold = i % 3 if scheme == "loso" else (i + repeat) % 3
+            score = float(np.clip(0.5 + (0.25 if y else -0.25) + rng.normal(0, 0.2), 0, 1))
+            rows.append((method, task, scheme, repeat, fold, f"e{i}", f"p{i}", site, y, score, 0.5))
+    predictions = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    methods = {"umbif-probe": {"description": "probe", "wall_time_s": 1.5}, "radiomics-lr": {"description": "lr"}}
+    document = metrics_document(
+        predictions, methods=methods, provenance={}, reference_method="umbif-probe", n_bootstrap=50
+    )
+    write_metrics(document, tmp_path / "metrics.json")
+    paths = write_report(tmp_path)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    page = _Page(paths["html"].read_text())
+    _check_metric_cells([c for c in page.cells if c["table"] == "main" and "data-method" in c["attrs"]], written, MAIN)
+    assert len(page.images) == 2 * 2 * 2
+    assert len([c for c in page.cells if c["table"] == "delong" and "data-metric" in c["attrs"]]) == 4 * 4
