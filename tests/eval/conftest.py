@@ -100,7 +100,7 @@ def _compare(result: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any
     }
 
 
-def metrics_document() -> dict[str, Any]:
+def handmade_metrics() -> dict[str, Any]:
     """The whole document, deterministic."""
     results = []
     for seed, (scheme, task, method) in enumerate(
@@ -144,7 +144,7 @@ def metrics_document() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def metrics_template() -> dict[str, Any]:
     """The realistic metrics document, built once per session; do not change it (use ``metrics_doc``)."""
-    return metrics_document()
+    return handmade_metrics()
 
 
 @pytest.fixture

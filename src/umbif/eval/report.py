@@ -88,14 +88,14 @@ def _check(document: Any, source: str) -> dict[str, Any]:
     results = document.get("results", [])
     if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
         raise ValueError(f'{source}: "results" must be a list of objects')
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[Any, ...]] = set()
     for number, result in enumerate(results):
         key = tuple(result.get(name) for name in ("method", "task", "scheme"))
         if not all(isinstance(part, str) and part for part in key):
             raise ValueError(f"{source}: results[{number}] needs text fields method, task and scheme, got {key}")
         if key in seen:
             raise ValueError(f"{source}: results[{number}] repeats method/task/scheme {key}")
-        seen.add(key)  # type: ignore[arg-type]
+        seen.add(key)
     return document
 
 
