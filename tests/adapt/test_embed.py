@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from labelled_cohort import TinyCohort, build
 
+from labelled_cohort import TinyCohort, build
 from umbif.adapt import embed as embed_module
 from umbif.adapt.embed import embed_exams, encoder_fingerprint
 from umbif.data.datasets import CacheDataset

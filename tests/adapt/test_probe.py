@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from labelled_cohort import TinyCohort, build
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
+from labelled_cohort import TinyCohort, build
 from umbif.adapt.classifier import load_classifier
 from umbif.adapt.embed import embed_exams
 from umbif.adapt.probe import LinearProbe, fit_classifier, inner_splits, sample_features

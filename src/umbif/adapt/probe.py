@@ -20,14 +20,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from umbif.adapt.classifier import LinearHead, TaskHead, pair_features, save_classifier
 from umbif.adapt.embed import Embeddings, cache_grid, embed_exams
 from umbif.data.manifest import LABELS
-from umbif.eval.metrics import choose_threshold
+from umbif.eval.metrics import choose_threshold, roc_auc
 from umbif.eval.tasks import PAIRED_TASKS, TASKS
 
-DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 2, 13))  # inverse L2 strengths tried
+DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 2, 7))  # inverse L2 strengths, one per decade
 
 
 def inner_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -86,21 +87,22 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> LinearProbe:
         """Fit on ``X`` ``[N, F]`` and 0/1 labels ``y``; ``groups`` (patients) keep the inner folds patient-level."""
-        from sklearn.metrics import roc_auc_score
-
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y).astype(int)
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
         splits = inner_splits(y, groups, self.inner_folds, self.seed)
+        # Problems this small are slower with several BLAS threads (4x measured on 2 busy cores).
+        with threadpool_limits(limits=1):
+            self._fit(X, y, splits)
+        return self
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]) -> None:
         # One pass over (C, fold) gives both the C choice and, for the chosen C, out-of-fold scores
         # for the threshold; LogisticRegressionCV would need a second cross-validation for the latter.
         oof = np.zeros((len(self.Cs), len(y)))
         for train, test in splits:
             for i, C in enumerate(self.Cs):
                 oof[i, test] = self._pipeline(C).fit(X[train], y[train]).predict_proba(X[test])[:, 1]
-        fold_auc = np.array(
-            [[roc_auc_score(y[test], oof[i, test]) if len(np.unique(y[test])) == 2 else np.nan for _, test in splits]
-             for i in range(len(self.Cs))]
-        )  # fmt: skip
+        fold_auc = np.array([[roc_auc(y[test], oof[i, test]) for _, test in splits] for i in range(len(self.Cs))])
         mean_auc = np.nanmean(fold_auc, axis=1)
         best = int(np.nanargmax(mean_auc))  # ties: the strongest regularisation (Cs ascending)
         self.C_ = float(self.Cs[best])
@@ -110,7 +112,6 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         )
         self.pipeline_ = self._pipeline(self.C_).fit(X, y)
         self.classes_ = np.array([0, 1])
-        return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """``[N, 2]`` class probabilities."""

@@ -1,0 +1,133 @@
+"""Cross-validated evaluation end to end on a tiny labelled cohort: splits, folds, resume, report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from labelled_cohort import TinyCohort, build
+from umbif.cli import app
+from umbif.eval.evaluate import EvaluateConfig, build_cohort, evaluate, prepare_splits, run_method
+from umbif.eval.tasks import PREDICTION_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> TinyCohort:
+    return build(tmp_path_factory.mktemp("cohort"), patients=24, sites=3)
+
+
+@pytest.fixture(scope="module")
+def run(cohort: TinyCohort, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("run")
+    config = EvaluateConfig(tasks=("idh", "mgmt", "outcome"), folds=3, n_bootstrap=200, inner_folds=3)
+    document = evaluate(
+        cohort.manifest.table, cohort.cache, cohort.encoder, run_dir, config, manifest_path=cohort.manifest_path
+    )
+    return run_dir, document
+
+
+def test_evaluate_writes_every_stage(run: tuple[Path, dict]) -> None:
+    run_dir, document = run
+    for name in ("splits.json", "metrics.json", "predictions/umbif-probe.csv", "report/report.html"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "metrics.json").read_text())["results"] == document["results"]
+    combos = {(r["task"], r["scheme"]) for r in document["results"]}
+    assert combos == {(t, s) for t in ("idh", "mgmt", "outcome") for s in ("kfold", "loso")}
+    assert document["cohort"]["tasks"]["idh"]["patients"] == 24
+    assert document["cohort"]["tasks"]["outcome"]["samples"] == 24  # one pair per patient
+
+
+def test_every_sample_is_predicted_once_per_scheme_by_a_model_that_never_saw_its_patient(
+    run: tuple[Path, dict], cohort: TinyCohort
+) -> None:
+    run_dir, _ = run
+    predictions = pd.read_csv(run_dir / "predictions" / "umbif-probe.csv", dtype={"patient_id": str})
+    assert list(predictions.columns) == list(PREDICTION_COLUMNS)
+    counts = predictions.groupby(["task", "scheme", "repeat", "sample_id"]).size()
+    assert (counts == 1).all()
+    assert len(predictions.query("task == 'idh' and scheme == 'kfold'")) == 24
+    splits = json.loads((run_dir / "splits.json").read_text())
+    for entry in splits["kfold"]:
+        rows = predictions.query(f"scheme == 'kfold' and fold == {entry['fold']}")
+        assert set(rows["patient_id"]) <= set(entry["test_patients"])
+    loso = predictions.query("scheme == 'loso'")
+    assert (loso.groupby("fold")["site"].nunique() == 1).all()  # a loso fold tests one site
+
+
+def test_planted_signal_is_found(run: tuple[Path, dict]) -> None:
+    _, document = run
+    auc = {(r["task"], r["scheme"]): r["metrics"]["auc"] for r in document["results"]}
+    assert auc[("idh", "kfold")]["value"] > 0.8  # IDH-mutant tumours are much brighter on T2
+    low, high = auc[("idh", "kfold")]["low"], auc[("idh", "kfold")]["high"]
+    assert low <= auc[("idh", "kfold")]["value"] <= high
+
+
+@dataclass
+class Recorder:
+    """A method that scores by a fixed feature and records what it was trained on."""
+
+    name: str = "recorder"
+    description: str = "test method"
+    calls: list[tuple[set, set]] = field(default_factory=list)
+
+    def fit_predict(self, train: dict, test: dict) -> dict:
+        out = {}
+        for task, table in test.items():
+            self.calls.append((set(train[task]["patient_id"]), set(table["patient_id"])))
+            out[task] = (np.full(len(table), 0.5), 0.5)
+        return out
+
+
+def test_run_method_resumes_fold_by_fold(cohort: TinyCohort, tmp_path: Path) -> None:
+    config = EvaluateConfig(tasks=("idh",), folds=3, loso=False)
+    table = cohort.manifest.table
+    samples = build_cohort(table, set(table["exam_id"]), config.tasks, config.min_per_class)
+    splits = prepare_splits(tmp_path, samples, config, None)
+    method = Recorder()
+    first = run_method(method, samples.samples, splits, tmp_path, schemes=("kfold",))
+    assert len(method.calls) == 3 and all(not (tr & te) for tr, te in method.calls)
+    (tmp_path / "predictions" / "recorder" / "kfold-r0-f1.csv").unlink()  # as if killed during fold 1
+    again = run_method(method, samples.samples, splits, tmp_path, schemes=("kfold",))
+    assert len(method.calls) == 4  # only the missing fold ran again
+    pd.testing.assert_frame_equal(first, again)
+    card = json.loads((tmp_path / "predictions" / "recorder.json").read_text())
+    assert card["complete"] and card["wall_time_s"] >= 0
+
+
+def test_splits_are_reused(cohort: TinyCohort, run: tuple[Path, dict], tmp_path: Path) -> None:
+    run_dir, _ = run
+    config = EvaluateConfig(tasks=("idh",), folds=4, seed=7)  # other settings: the given splits still win
+    table = cohort.manifest.table
+    samples = build_cohort(table, set(table["exam_id"]), config.tasks, config.min_per_class)
+    splits = prepare_splits(tmp_path, samples, config, run_dir / "splits.json")
+    assert splits == json.loads((run_dir / "splits.json").read_text())
+    assert json.loads((tmp_path / "splits.json").read_text()) == splits
+
+
+def test_too_few_labels_and_unknown_methods_are_explained(cohort: TinyCohort, tmp_path: Path) -> None:
+    table = cohort.manifest.table
+    with pytest.raises(ValueError, match="no task has enough"):
+        build_cohort(table, set(table["exam_id"]), ("idh",), min_per_class=100)
+    with pytest.raises(ValueError, match="unknown method"):
+        evaluate(table, cohort.cache, cohort.encoder, tmp_path, methods=("magic",))
+
+
+def test_cli_evaluate(cohort: TinyCohort, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate", str(cohort.manifest_path), "--cache", str(cohort.cache), "--encoder", str(cohort.encoder),
+            "--out", str(tmp_path / "run"), "--tasks", "idh", "--folds", "3", "--no-loso", "--bootstrap", "100",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "idh" in result.output and (tmp_path / "run" / "report" / "report.html").is_file()
+    args = ["evaluate", str(cohort.manifest_path), "--cache", str(cohort.cache), "--encoder", str(cohort.encoder)]
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x"), "--tasks", "grade"])
+    assert bad.exit_code == 1 and "unknown task 'grade'" in bad.output
