@@ -204,7 +204,7 @@ def _print_results(document: dict) -> None:
 
     table = Table(title="accuracy / sensitivity / specificity / AUC (95% CI)")
     for column in ("method", "task", "scheme", "n", "accuracy", "sensitivity", "specificity", "AUC"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
 
     def cell(metric: dict) -> str:
         if metric["value"] is None:
