@@ -351,21 +351,28 @@ def inner_split(patients: Sequence[str], strata: Sequence[str], val_fraction: fl
 
 
 def youden_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float | None:
-    """The score threshold maximising Youden's J = sensitivity + specificity - 1 (positive when
+    """A score threshold maximising Youden's J = sensitivity + specificity - 1 (positive when
     ``score >= threshold``); None when ``y_true`` has one class only.
 
+    Every threshold between the best cut's score and the next lower score gives the same J; the
+    midpoint is returned rather than sklearn's edge (the lowest score called positive), which would put
+    new samples scoring a hair lower on the other side.
+
     Example:
-        >>> youden_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
-        0.8
+        >>> youden_threshold(np.array([0, 0, 1, 1]), np.array([0.25, 0.5, 0.375, 0.75]))
+        0.625
     """
     from sklearn.metrics import roc_curve
 
     y_true = np.asarray(y_true)
     if len(np.unique(y_true)) < 2:
         return None
-    fpr, tpr, thresholds = roc_curve(y_true, y_score)
+    fpr, tpr, thresholds = roc_curve(y_true, y_score, drop_intermediate=False)  # every distinct score, descending
     j = np.where(np.isfinite(thresholds), tpr - fpr, -np.inf)  # sklearn's first threshold is +inf
-    return float(thresholds[int(np.argmax(j))])
+    best = int(np.argmax(j))
+    if best + 1 == len(thresholds):  # every sample called positive: the lowest score is the cut
+        return float(thresholds[best])
+    return float((thresholds[best] + thresholds[best + 1]) / 2)
 
 
 def _auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
