@@ -22,10 +22,13 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> TinyCohort:
     return build(tmp_path_factory.mktemp("cohort"), patients=24, sites=3)
 
 
+CONFIG = EvaluateConfig(tasks=("idh", "mgmt", "outcome"), folds=3, n_bootstrap=200, inner_folds=3)
+
+
 @pytest.fixture(scope="module")
 def run(cohort: TinyCohort, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("run")
-    config = EvaluateConfig(tasks=("idh", "mgmt", "outcome"), folds=3, n_bootstrap=200, inner_folds=3)
+    config = CONFIG
     document = evaluate(
         cohort.manifest.table, cohort.cache, cohort.encoder, run_dir, config, manifest_path=cohort.manifest_path
     )
@@ -66,6 +69,27 @@ def test_planted_signal_is_found(run: tuple[Path, dict]) -> None:
     assert auc[("idh", "kfold")]["value"] > 0.8  # IDH-mutant tumours are much brighter on T2
     low, high = auc[("idh", "kfold")]["low"], auc[("idh", "kfold")]["high"]
     assert low <= auc[("idh", "kfold")]["value"] <= high
+
+
+def test_rerun_reuses_the_method_and_another_encoder_is_refused(
+    run: tuple[Path, dict], cohort: TinyCohort, tmp_path: Path
+) -> None:
+    import torch
+
+    from umbif.models.io import load_encoder, save_encoder
+
+    run_dir, document = run
+    stages: list[str] = []
+    table = cohort.manifest.table
+    again = evaluate(table, cohort.cache, cohort.encoder, run_dir, CONFIG, on_stage=stages.append)
+    assert "umbif-probe: already complete, reused" in stages
+    assert again["results"] == document["results"]
+    encoder = load_encoder(cohort.encoder)
+    with torch.no_grad():
+        encoder.cls_token.add_(1.0)
+    other = save_encoder(encoder, encoder.config, tmp_path / "encoder")
+    with pytest.raises(ValueError, match=r"other settings \(encoder_sha256 differ\)"):
+        evaluate(table, cohort.cache, other, run_dir, CONFIG)
 
 
 @dataclass

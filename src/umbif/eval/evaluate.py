@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -205,11 +205,12 @@ def finished_methods(run_dir: Path) -> dict[str, dict]:
     return cards
 
 
-def all_predictions(run_dir: Path) -> pd.DataFrame:
-    """Every finished method's predictions in ``run_dir``."""
+def all_predictions(run_dir: Path, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The predictions of the finished methods in ``run_dir`` (all, or those in ``names``)."""
+    names = list(finished_methods(run_dir)) if names is None else names
     frames = [
         pd.read_csv(run_dir / "predictions" / f"{name}.csv", dtype={"sample_id": str, "patient_id": str, "site": str})
-        for name in finished_methods(run_dir)
+        for name in names
     ]
     if not frames:
         raise FileNotFoundError(f"{run_dir}: no finished method predictions; run `umbif evaluate` first")
@@ -262,6 +263,150 @@ def cohort_summary(table: pd.DataFrame, cohort: Cohort, manifest_path: Path | No
     }
 
 
+@dataclass
+class Context:
+    """What a method builder gets: the cohort, where things live, the settings, progress callbacks."""
+
+    cohort: Cohort
+    cache_dir: Path
+    run_dir: Path
+    config: EvaluateConfig
+    stage: Callable[[str], None]
+    on_progress: Callable[[int, int], None] | None = None
+
+    def exam_ids(self) -> list[str]:
+        """Every exam a sample needs (follow-ups and baselines), sorted."""
+        frames = self.cohort.samples.values()
+        return sorted({e for f in frames for e in (*f["exam_id"], *f["baseline_exam_id"]) if e})
+
+
+@dataclass
+class MethodSpec:
+    """A method to run: its name, how to build it (only when it still has folds to run), its settings.
+
+    The settings are saved with the predictions; a run folder that already holds the method with
+    other settings (another encoder, say) is refused instead of being mixed up.
+    """
+
+    name: str
+    build: Callable[[Context], Method]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def probe_spec(encoder_dir: str | Path, name: str = "umbif-probe", description: str | None = None) -> MethodSpec:
+    """The frozen-encoder linear probe of an exported encoder."""
+    from umbif.adapt.embed import encoder_fingerprint
+
+    encoder_dir = Path(encoder_dir)
+    text = description or f"{encoder_dir.name} encoder, frozen; linear probe (logistic regression, inner-CV C)"
+
+    def build(ctx: Context) -> Method:
+        from umbif.adapt.embed import embed_exams
+        from umbif.adapt.probe import ProbeMethod
+
+        exams = ctx.exam_ids()
+        ctx.stage(f"{name}: embedding {len(exams)} exams with the frozen encoder")
+        embeddings = embed_exams(
+            encoder_dir, ctx.cache_dir, exams, ctx.run_dir, ctx.config.batch_size, on_progress=ctx.on_progress
+        )
+        return ProbeMethod(embeddings, name, text, ctx.config.inner_folds, ctx.config.seed)
+
+    settings = {"encoder": encoder_dir.name, "encoder_sha256": encoder_fingerprint(encoder_dir)}
+    return MethodSpec(name, build, settings)
+
+
+def finetune_spec(
+    encoder_dir: str | Path, finetune_config: Any = None, name: str = "umbif-finetune", description: str | None = None
+) -> MethodSpec:
+    """Fine-tuning an exported encoder with task heads, one model per fold."""
+    from umbif.adapt.embed import encoder_fingerprint
+    from umbif.train.finetune import FinetuneConfig
+
+    encoder_dir = Path(encoder_dir)
+    finetune_config = finetune_config or FinetuneConfig()
+    text = description or f"{encoder_dir.name} encoder, fine-tuned with task heads (LLRD, early stopping)"
+
+    def build(ctx: Context) -> Method:
+        return FinetuneMethod(encoder_dir, ctx.cache_dir, finetune_config, name, text)
+
+    settings = {
+        "encoder": encoder_dir.name,
+        "encoder_sha256": encoder_fingerprint(encoder_dir),
+        "finetune": finetune_config.to_dict(),
+    }
+    return MethodSpec(name, build, settings)
+
+
+def run_evaluation(
+    table: pd.DataFrame,
+    cache_dir: str | Path,
+    run_dir: str | Path,
+    specs: Sequence[MethodSpec],
+    config: EvaluateConfig | None = None,
+    splits_path: str | Path | None = None,
+    manifest_path: str | Path | None = None,
+    reference_method: str | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Cross-validate every method of ``specs`` on the same splits, then write metrics and the report.
+
+    Methods already complete in ``run_dir`` with the same settings are not run again; a method with
+    unfinished folds continues at the next fold. Returns the metrics document (``RUN/metrics.json``).
+    """
+    from umbif.data.cache import read_index
+    from umbif.eval.report import write_report
+    from umbif.eval.summary import metrics_document, write_metrics
+    from umbif.provenance import provenance
+
+    config = config or EvaluateConfig()
+    cache_dir, run_dir = Path(cache_dir), Path(run_dir)
+    manifest_path = Path(manifest_path) if manifest_path is not None else None
+    stage = on_stage or (lambda text: None)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique, got {names}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cached = {e["exam_id"] for e in read_index(cache_dir)["exams"]}
+    cohort = build_cohort(table, cached, config.tasks, config.min_per_class)
+    splits = prepare_splits(run_dir, cohort, config, Path(splits_path) if splits_path else None)
+    schemes = ("kfold", "loso") if config.loso else ("kfold",)
+    ctx = Context(cohort, cache_dir, run_dir, config, stage, on_progress)
+    done = finished_methods(run_dir)
+    for spec in specs:
+        settings = json.loads(json.dumps({"evaluate": config.to_dict(), **spec.settings}))  # as stored
+        previous = _read_json(run_dir / "predictions" / f"{spec.name}.json").get("settings")
+        if previous is not None and previous != settings:
+            changed = sorted(k for k in {*previous, *settings} if previous.get(k) != settings.get(k))
+            raise ValueError(
+                f"{run_dir} already holds {spec.name} made with other settings ({', '.join(changed)} differ); "
+                "use another --out folder, or delete that method's predictions to redo it"
+            )
+        if spec.name in done:
+            stage(f"{spec.name}: already complete, reused")
+            continue
+        method = spec.build(ctx)
+        stage(f"{spec.name}: cross-validation")
+        run_method(method, cohort.samples, splits, run_dir, schemes, settings, on_fold=on_progress)
+    stage("metrics with patient-level bootstrap CIs")
+    cards = {n: c for n, c in finished_methods(run_dir).items() if n in names}
+    predictions = all_predictions(run_dir, list(cards))
+    document = metrics_document(
+        predictions,
+        methods={n: {"description": c["description"], "wall_time_s": c.get("wall_time_s")} for n, c in cards.items()},
+        provenance=provenance({"evaluate": config.to_dict(), "methods": names}, seed=config.seed),
+        cohort=cohort_summary(table, cohort, manifest_path),
+        oracle_auc=synthetic_oracle(manifest_path),
+        reference_method=reference_method if reference_method in cards else None,
+        n_bootstrap=config.n_bootstrap,
+        seed=config.seed,
+    )
+    write_metrics(document, run_dir / "metrics.json")
+    stage("report")
+    write_report(run_dir, document)
+    return document
+
+
 def evaluate(
     table: pd.DataFrame,
     cache_dir: str | Path,
@@ -283,7 +428,7 @@ def evaluate(
         encoder_dir: an exported encoder (``umbif export``).
         run_dir: the run folder (created; a rerun reuses finished folds and methods).
         config: :class:`EvaluateConfig`.
-        methods: any of :data:`METHODS`.
+        methods: any of :data:`METHODS` ("probe" is named umbif-probe, "finetune" umbif-finetune).
         splits_path: reuse these splits (e.g. another run's ``splits.json``) so runs compare fold by fold.
         finetune_config: ``umbif.train.finetune.FinetuneConfig`` for the "finetune" method.
         manifest_path: the manifest file (for the report and the synthetic cohort's oracle AUC).
@@ -293,57 +438,11 @@ def evaluate(
     Returns:
         The metrics document also written to ``RUN/metrics.json``.
     """
-    from umbif.adapt.embed import embed_exams
-    from umbif.adapt.probe import ProbeMethod
-    from umbif.data.cache import read_index
-    from umbif.eval.report import write_report
-    from umbif.eval.summary import metrics_document, write_metrics
-    from umbif.provenance import provenance
-
-    config = config or EvaluateConfig()
+    methods = tuple(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    cache_dir, encoder_dir, run_dir = Path(cache_dir), Path(encoder_dir), Path(run_dir)
-    manifest_path = Path(manifest_path) if manifest_path is not None else None
-    stage = on_stage or (lambda text: None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cached = {e["exam_id"] for e in read_index(cache_dir)["exams"]}
-    cohort = build_cohort(table, cached, config.tasks, config.min_per_class)
-    splits = prepare_splits(run_dir, cohort, config, Path(splits_path) if splits_path else None)
-    schemes = ("kfold", "loso") if config.loso else ("kfold",)
-    settings = {"evaluate": config.to_dict(), "encoder": encoder_dir.name}
-    for name in methods:
-        if name == "probe":
-            needed = sorted({e for f in cohort.samples.values() for e in (*f["exam_id"], *f["baseline_exam_id"]) if e})
-            stage(f"embedding {len(needed)} exams with the frozen encoder")
-            embeddings = embed_exams(
-                encoder_dir, cache_dir, needed, store_dir=run_dir, batch_size=config.batch_size, on_progress=on_progress
-            )
-            method: Method = ProbeMethod(embeddings, inner_folds=config.inner_folds, seed=config.seed)
-        else:
-            from umbif.train.finetune import FinetuneConfig
-
-            finetune_config = finetune_config or FinetuneConfig()
-            method = FinetuneMethod(encoder_dir, cache_dir, finetune_config)
-            settings = {**settings, "finetune": finetune_config.to_dict()}
-        stage(f"{method.name}: cross-validation")
-        run_method(method, cohort.samples, splits, run_dir, schemes, settings, on_fold=on_progress)
-    stage("metrics with patient-level bootstrap CIs")
-    cards = finished_methods(run_dir)
-    predictions = all_predictions(run_dir)
-    reference = "umbif-probe" if "umbif-probe" in cards else None
-    document = metrics_document(
-        predictions,
-        methods={n: {"description": c["description"], "wall_time_s": c.get("wall_time_s")} for n, c in cards.items()},
-        provenance=provenance(settings, seed=config.seed),
-        cohort=cohort_summary(table, cohort, manifest_path),
-        oracle_auc=synthetic_oracle(manifest_path),
-        reference_method=reference,
-        n_bootstrap=config.n_bootstrap,
-        seed=config.seed,
+    specs = [probe_spec(encoder_dir) if m == "probe" else finetune_spec(encoder_dir, finetune_config) for m in methods]
+    return run_evaluation(
+        table, cache_dir, run_dir, specs, config, splits_path, manifest_path, "umbif-probe", on_stage, on_progress
     )
-    write_metrics(document, run_dir / "metrics.json")
-    stage("report")
-    write_report(run_dir, document)
-    return document
