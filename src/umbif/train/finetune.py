@@ -36,23 +36,23 @@ import torch.nn.functional as F
 from pydantic import model_validator
 from torch.utils.data import DataLoader, Dataset
 
+from umbif.adapt import classifier
 from umbif.config import FrozenConfig
 from umbif.data.cache import read_index
 from umbif.data.datasets import CacheDataset
 from umbif.data.manifest import LABELS
+from umbif.eval.metrics import choose_threshold, roc_auc
 from umbif.eval.tasks import PAIRED_TASKS, SAMPLE_COLUMNS, check_task
 from umbif.models.heads import MultiTaskModel, TaskHead
-from umbif.models.io import load_encoder, save_encoder
+from umbif.models.io import load_encoder
 from umbif.models.umbif import ModelConfig, UMBIFEncoder
 from umbif.provenance import provenance, write_provenance
 from umbif.train.augment import AugmentConfig, augment
 from umbif.train.distributed import seed_everything
 from umbif.train.pretrain import autocast_dtype as _pretrain_autocast
 from umbif.train.schedule import warmup_cosine
-from umbif.utils import atomic_write, write_text_atomic
+from umbif.utils import write_text_atomic
 
-HEADS_FILE = "heads.safetensors"
-CLASSIFIER_FILE = "classifier.json"
 HISTORY_FILE = "history.jsonl"
 PROVENANCE_FILE = "provenance.json"
 
@@ -350,37 +350,6 @@ def inner_split(patients: Sequence[str], strata: Sequence[str], val_fraction: fl
     return mask
 
 
-def youden_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float | None:
-    """A score threshold maximising Youden's J = sensitivity + specificity - 1 (positive when
-    ``score >= threshold``); None when ``y_true`` has one class only.
-
-    Every threshold between the best cut's score and the next lower score gives the same J; the
-    midpoint is returned rather than sklearn's edge (the lowest score called positive), which would put
-    new samples scoring a hair lower on the other side.
-
-    Example:
-        >>> youden_threshold(np.array([0, 0, 1, 1]), np.array([0.25, 0.5, 0.375, 0.75]))
-        0.625
-    """
-    from sklearn.metrics import roc_curve
-
-    y_true = np.asarray(y_true)
-    if len(np.unique(y_true)) < 2:
-        return None
-    fpr, tpr, thresholds = roc_curve(y_true, y_score, drop_intermediate=False)  # every distinct score, descending
-    j = np.where(np.isfinite(thresholds), tpr - fpr, -np.inf)  # sklearn's first threshold is +inf
-    best = int(np.argmax(j))
-    if best + 1 == len(thresholds):  # every sample called positive: the lowest score is the cut
-        return float(thresholds[best])
-    return float((thresholds[best] + thresholds[best + 1]) / 2)
-
-
-def _auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y_true, y_score)) if len(np.unique(y_true)) == 2 else math.nan
-
-
 # ----------------------------------------------------------------------------- loop
 
 
@@ -505,7 +474,7 @@ def _validation_record(logits: np.ndarray, items: Items, pos_weight: torch.Tenso
     aucs = []
     for t, task in enumerate(items.tasks):
         labelled = ~np.isnan(items.labels[:, t])
-        auc = _auc(items.labels[labelled, t], logits[labelled, t])
+        auc = float(roc_auc(items.labels[labelled, t], logits[labelled, t]))  # nan with one class
         record[f"val_auc_{task}"] = auc
         if math.isfinite(auc):
             aucs.append(auc)
@@ -605,15 +574,14 @@ def finetune(
     train_logits: np.ndarray | None = None
     thresholds, rules = {}, {}
     for t, task in enumerate(tasks):
-        labelled = ~np.isnan(inner_val.labels[:, t])
-        threshold = youden_threshold(inner_val.labels[labelled, t], _sigmoid(val_logits[labelled, t]))
-        rules[task] = f"youden-j on the inner validation split ({config.val_fraction:g} of training patients)"
+        threshold = _youden(inner_val, val_logits, t)
+        rules[task] = f"youden on the inner validation split ({config.val_fraction:g} of training patients)"
         if threshold is None:
-            if train_logits is None:
-                train_logits = predict_logits(model, train_set, config.batch_size, dev, amp)
-            labelled = ~np.isnan(inner_train.labels[:, t])
-            threshold = youden_threshold(inner_train.labels[labelled, t], _sigmoid(train_logits[labelled, t]))
-            rules[task] = "youden-j on the inner training split (the validation split has one class)"
+            train_logits = (
+                predict_logits(model, train_set, config.batch_size, dev, amp) if train_logits is None else train_logits
+            )
+            threshold = _youden(inner_train, train_logits, t)
+            rules[task] = "youden on the inner training split (the validation split has one class)"
         if threshold is None:
             threshold, rules[task] = 0.5, "0.5 (the training data of this task have one class)"
         thresholds[task] = threshold
@@ -621,6 +589,15 @@ def finetune(
     return Finetuned(
         model.cpu(), model_config, config, thresholds, rules, n_train, history, preprocess, best_epoch, dropped
     )
+
+
+def _youden(items: Items, logits: np.ndarray, t: int) -> float | None:
+    """Youden threshold of task column ``t`` on the items labelled for it (None with one class)."""
+    labelled = ~np.isnan(items.labels[:, t])
+    y = items.labels[labelled, t]
+    if len(np.unique(y)) < 2:
+        return None
+    return choose_threshold(y, _sigmoid(logits[labelled, t]), rule="youden")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -754,59 +731,40 @@ def finetune_and_predict(
 def save_finetuned(finetuned: Finetuned, out_dir: str | Path) -> Path:
     """Write a classifier folder (``umbif-classifier`` v1, method ``"finetune"``) for ``umbif predict``.
 
-    Writes the fine-tuned encoder (``encoder.safetensors``, ``config.json``), the linear heads
-    (``heads.safetensors``: ``<task>.weight`` ``[F]``, ``.bias`` ``[1]``, ``.mean`` = 0, ``.scale`` = 1),
-    ``classifier.json``, ``history.jsonl`` (one line per epoch) and ``provenance.json``.
+    Through :func:`umbif.adapt.classifier.save_classifier` (the probe's writer): the fine-tuned encoder,
+    the linear heads (``weight``, ``bias``, ``mean`` = 0, ``scale`` = 1: the head reads the raw CLS
+    embedding) and ``classifier.json``; then ``history.jsonl`` (one line per epoch) and ``provenance.json``.
 
     Raises:
-        ValueError: the heads are MLP or attention heads; only linear heads on the CLS embedding fit the format
-            (nothing is written then).
+        ValueError: the heads are MLP or attention heads; only linear heads on the CLS embedding fit the
+            format (nothing is written then).
 
     Example:
         >>> save_finetuned(finetune("encoder", "cache", tables), "models/glioma")
     """
-    from safetensors.torch import save as safetensors_bytes
-
     out_dir = Path(out_dir)
-    model = finetuned.model
-    weights = {task: head.linear_parameters() for task, head in model.heads.items()}  # raises before writing
-    tensors: dict[str, torch.Tensor] = {}
-    tasks: dict[str, Any] = {}
-    for task, (weight, bias) in weights.items():
-        features = weight.numel()
-        tensors |= {
-            f"{task}.weight": weight,
-            f"{task}.bias": bias,
-            f"{task}.mean": torch.zeros(features),
-            f"{task}.scale": torch.ones(features),
-        }
+    heads = {}
+    for task, head in finetuned.model.heads.items():
+        weight, bias = head.linear_parameters()  # raises for MLP/attention heads, before anything is written
         positive, negative = LABELS[task]
-        tasks[task] = {
-            "kind": "linear",
-            "inputs": "pair" if task in PAIRED_TASKS else "exam",
-            "features": features,
-            "threshold": finetuned.thresholds[task],
-            "positive": positive,
-            "negative": negative,
-            "n_train": finetuned.n_train[task],
-            "threshold_rule": finetuned.threshold_rules[task],
-        }
-    save_encoder(model.encoder, finetuned.model_config, out_dir)
-    with atomic_write(out_dir / HEADS_FILE) as handle:
-        handle.write(safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"}))
-    record = provenance(finetuned.config.to_dict(), finetuned.config.seed)
-    classifier = {
-        "format": "umbif-classifier",
-        "version": 1,
-        "method": "finetune",
-        "embedding": {"image_size": list(finetuned.model_config.image_size), "pool": "cls"},
-        "preprocess": finetuned.preprocess,
-        "tasks": tasks,
-        "provenance": record,
-    }
-    write_text_atomic(out_dir / CLASSIFIER_FILE, json.dumps(classifier, indent=2) + "\n")
+        heads[task] = classifier.TaskHead(
+            head=classifier.LinearHead(weight.numpy(), float(bias), np.zeros(weight.numel()), np.ones(weight.numel())),
+            inputs="pair" if head.pair else "exam",
+            threshold=finetuned.thresholds[task],
+            positive=positive,
+            negative=negative,
+            n_train=finetuned.n_train[task],
+            threshold_rule=finetuned.threshold_rules[task],
+        )
+    config = finetuned.config
+    record = provenance(config.to_dict(), config.seed)
+    model_config = finetuned.model_config
+    classifier.save_classifier(
+        out_dir, finetuned.model.encoder, model_config, heads, finetuned.preprocess, model_config.image_size,
+        "finetune", record,
+    )  # fmt: skip
     write_text_atomic(out_dir / HISTORY_FILE, "".join(json.dumps(_json_record(r)) + "\n" for r in finetuned.history))
-    write_provenance(out_dir / PROVENANCE_FILE, finetuned.config.to_dict(), finetuned.config.seed)
+    write_provenance(out_dir / PROVENANCE_FILE, config.to_dict(), config.seed)
     return out_dir
 
 
