@@ -95,7 +95,11 @@ def _happens(batch: int, p: float, generator: torch.Generator | None) -> torch.T
 
 
 def random_crop(
-    images: torch.Tensor, size: tuple[int, int, int], generator: torch.Generator | None = None
+    images: torch.Tensor,
+    size: tuple[int, int, int],
+    generator: torch.Generator | None = None,
+    centres: torch.Tensor | None = None,
+    jitter: int = 0,
 ) -> torch.Tensor:
     """A random box of ``size`` per exam, the same box for all its channels.
 
@@ -103,6 +107,11 @@ def random_crop(
         images: ``[B, C, X, Y, Z]``.
         size: crop size per spatial axis, at most the image size.
         generator: source of the box positions.
+        centres: optional ``[B, 3]`` voxel coordinates (e.g. of each exam's tumour): the box is centred
+            there, moved by a random whole number of voxels in ``[-jitter, jitter]`` per axis, and shifted
+            back inside the grid where it would stick out. A box of at least ``extent + 2 * jitter + 1``
+            voxels per axis then holds a whole object of that extent centred at ``centres``.
+        jitter: see ``centres``.
 
     Returns:
         ``[B, C, *size]``, a copy.
@@ -111,7 +120,17 @@ def random_crop(
     if any(c > s for c, s in zip(size, spatial, strict=True)):
         raise ValueError(f"crop {tuple(size)} is larger than the image grid {tuple(spatial)}; lower AugmentConfig.crop")
     room = torch.tensor([s - c + 1 for s, c in zip(spatial, size, strict=True)], dtype=torch.float64)
-    starts = (_uniform((images.shape[0], 3), 0.0, 1.0, generator).double().cpu() * room).floor().long().tolist()
+    draws = _uniform((images.shape[0], 3), 0.0, 1.0, generator).double().cpu()  # [B, 3], the same stream either way
+    if centres is None:
+        starts = (draws * room).floor().long().tolist()
+    else:
+        if jitter < 0 or tuple(centres.shape) != (images.shape[0], 3):
+            raise ValueError(f"centres must be [B, 3] = [{images.shape[0]}, 3] and jitter >= 0, got "
+                             f"{list(centres.shape)} and {jitter}")  # fmt: skip
+        offset = (draws * (2 * jitter + 1)).floor() - jitter  # [B, 3] whole voxels in [-jitter, jitter]
+        half = (torch.tensor(size, dtype=torch.float64) - 1) / 2
+        starts = (centres.double().cpu() - half + offset).floor()
+        starts = torch.minimum(starts.clamp_min(0), room - 1).long().tolist()
     # slicing views per exam and one stack is cheaper and clearer than a gather over index grids
     cx, cy, cz = size
     boxes = zip(images, starts, strict=True)
@@ -131,6 +150,8 @@ def augment(
     present: torch.Tensor,
     config: AugmentConfig,
     generator: torch.Generator | None = None,
+    centres: torch.Tensor | None = None,
+    jitter: int = 0,
 ) -> torch.Tensor:
     """One random augmentation of each exam of a batch.
 
@@ -140,6 +161,8 @@ def augment(
         config: what to do and how strongly.
         generator: every random number comes from it (``None``: torch's global generator). Use one on the
             images' device: noise and bias fields are drawn on the generator's device.
+        centres, jitter: crop boxes centred on these ``[B, 3]`` voxels, give or take ``jitter`` (see
+            :func:`random_crop`); needs ``config.crop``.
 
     Returns:
         ``[B, C, *crop]`` float32; channels of absent sequences are zero.
@@ -152,8 +175,10 @@ def augment(
         raise ValueError(
             f"expected images [B, C, X, Y, Z] and present [B, C], got {tuple(images.shape)} and {tuple(present.shape)}"
         )
+    if centres is not None and config.crop is None:
+        raise ValueError("crop centres were given but AugmentConfig.crop is None; set a crop size")
     batch, device = images.shape[0], images.device
-    x = random_crop(images, config.crop, generator) if config.crop is not None else images
+    x = random_crop(images, config.crop, generator, centres, jitter) if config.crop is not None else images
     x = x.float()  # float16 cache → float32 for the arithmetic below (a copy when the input was float16)
     for axis in config.flip_axes:
         flip = _happens(batch, config.flip_prob, generator).to(device)
@@ -200,7 +225,13 @@ def two_views(
     present: torch.Tensor,
     config: AugmentConfig,
     generator: torch.Generator | None = None,
+    centres: torch.Tensor | None = None,
+    jitter: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent augmentations (different crops, flips, intensities) of each exam, for the
-    contrastive objective. Shapes as in :func:`augment`."""
-    return augment(images, present, config, generator), augment(images, present, config, generator)
+    contrastive objective. Shapes as in :func:`augment` (with ``centres``, both boxes are jittered
+    independently around the same centre)."""
+    return (
+        augment(images, present, config, generator, centres, jitter),
+        augment(images, present, config, generator, centres, jitter),
+    )

@@ -12,6 +12,7 @@ so a run killed and resumed reaches the same weights as one that never stopped.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -19,11 +20,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from umbif.config import FrozenConfig
+from umbif.data.cache import EXAMS_DIR
 from umbif.data.datasets import CacheDataset
 from umbif.models.umbif import ModelConfig, UMBIFPretrainer, count_parameters
 from umbif.provenance import provenance
@@ -35,6 +38,7 @@ from umbif.train.schedule import warmup_cosine
 from umbif.utils import write_text_atomic
 
 CROP = (64, 64, 64)  # default model input: random crops of the cached 96^3 exams
+log = logging.getLogger(__name__)
 
 
 class PretrainConfig(FrozenConfig):
@@ -58,6 +62,8 @@ class PretrainConfig(FrozenConfig):
     keep_checkpoints: int = 3  # older ones are deleted
     preview_every: int = 500  # steps between reconstruction previews (0: only at the end)
     num_workers: int = 0  # data loader processes per rank
+    crop: Literal["random", "tumour"] = "random"  # tumour: boxes centred on each exam's segmented tumour (SSL-Cerebral)
+    crop_jitter: int = 8  # tumour crops: the box centre moves up to this many voxels per axis, per view
 
     @model_validator(mode="before")
     @classmethod
@@ -78,7 +84,17 @@ class PretrainConfig(FrozenConfig):
     def _positive(self) -> PretrainConfig:
         if min(self.batch_size, self.accum_steps, self.total_steps, self.log_every, self.checkpoint_every) < 1:
             raise ValueError("batch_size, accum_steps, total_steps, log_every and checkpoint_every must be >= 1")
+        if self.crop_jitter < 0:
+            raise ValueError(f"crop_jitter must not be negative, got {self.crop_jitter}")
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """As saved in run folders and checkpoints; the crop fields only when not ``"random"``, so runs
+        started before they existed keep their config (and resume)."""
+        data = super().to_dict()
+        if self.crop == "random":
+            del data["crop"], data["crop_jitter"]
+        return data
 
 
 def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -119,6 +135,24 @@ def param_groups(model: UMBIFPretrainer, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def tumour_centres(dataset: CacheDataset) -> tuple[dict[str, torch.Tensor], int]:
+    """Keep only the exams of ``dataset`` with a non-empty tumour segmentation (in place).
+
+    Returns the centre of each kept exam's tumour bounding box (``[3]`` float64 voxel coordinates, by
+    exam id) and the number of exams dropped (no segmentation, or an empty one).
+    """
+    centres = {}
+    for entry in dataset.entries:
+        if entry.get("has_seg"):
+            seg = np.load(dataset.cache_dir / EXAMS_DIR / entry["files"]["masks"], mmap_mode="r")[1]  # [X, Y, Z]
+            spans = [np.flatnonzero(seg.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+            if spans[0].size:
+                centres[entry["exam_id"]] = torch.tensor([(s[0] + s[-1]) / 2 for s in spans], dtype=torch.float64)
+    skipped = len(dataset.entries) - len(centres)
+    dataset.entries = [entry for entry in dataset.entries if entry["exam_id"] in centres]
+    return centres, skipped
+
+
 def data_fingerprint(cache_dir: Path, exam_ids: list[str]) -> str:
     """Which exams a run trains on: the cache plan and the sorted exam ids."""
     import hashlib
@@ -145,7 +179,8 @@ def pretrain(
         on_step: called on rank 0 after every optimiser step with (step, total, losses).
 
     Returns:
-        ``{"step", "loss", "loss_rec", "loss_con", "seconds", "run_dir"}`` of the last step (rank 0).
+        ``{"step", "loss", "loss_rec", "loss_con", "seconds", "run_dir", "exams"}`` of the last step (rank 0);
+        with ``crop="tumour"`` also ``"skipped_without_tumour"`` (exams left out: no segmented tumour).
 
     Raises:
         ValueError: too few exams for one batch, a cache grid smaller than the model input, or a
@@ -161,6 +196,12 @@ def pretrain(
     dataset.entries.sort(key=lambda entry: entry["exam_id"])  # batches do not depend on manifest row order
     if not len(dataset):
         raise ValueError(f"{cache_dir} holds no exam to train on; run `umbif preprocess` first")
+    centres, skipped = None, 0
+    if config.crop == "tumour":  # SSL-Cerebral: only exams with a tumour, boxes centred on it
+        centres, skipped = tumour_centres(dataset)
+        log.info("tumour crops: %d exams with a segmented tumour, %d without skipped", len(dataset), skipped)
+        if not len(dataset):
+            raise ValueError(f"none of the {skipped} exams in {cache_dir} has a segmented tumour (crop 'tumour')")
     first = dataset[0]  # also the exam of the reconstruction previews
     grid = tuple(first["image"].shape[1:])
     if any(g < s for g, s in zip(grid, config.model.image_size, strict=True)):
@@ -201,6 +242,8 @@ def pretrain(
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         record = {"config": config.to_dict(), "data_fingerprint": fingerprint, "exams": len(dataset)}
+        if centres is not None:
+            record["skipped_without_tumour"] = skipped
         write_text_atomic(run_dir / "config.json", json.dumps({**record, **provenance(seed=config.seed)}, indent=2))
 
     ddp_model = model
@@ -223,10 +266,12 @@ def pretrain(
             batch = next(stream)
             images = batch["image"].to(info.device, non_blocking=True)  # [B, S, X, Y, Z] float16: cropped first
             present = batch["present"].to(info.device)  # [B, S]
+            boxes = torch.stack([centres[e] for e in batch["exam_id"]]) if centres is not None else None  # [B, 3]
+            crop = {"centres": boxes, "jitter": config.crop_jitter}
             if config.model.objective == "mae":
-                view1, view2 = augment(images, present, config.augment, generator), None
+                view1, view2 = augment(images, present, config.augment, generator, **crop), None
             else:
-                view1, view2 = two_views(images, present, config.augment, generator)
+                view1, view2 = two_views(images, present, config.augment, generator, **crop)
             sync = micro == config.accum_steps - 1 or info.world_size == 1
             context = ddp_model.no_sync() if not sync else nullcontext()  # DDP: all-reduce once per step
             with context, torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -262,7 +307,8 @@ def pretrain(
         if is_main and on_step is not None:
             on_step(step, config.total_steps, last)
     logger.close()
-    return {**last, "step": step, "seconds": time.time() - start, "run_dir": str(run_dir)}
+    done = {**last, "step": step, "seconds": time.time() - start, "run_dir": str(run_dir), "exams": len(dataset)}
+    return done | ({"skipped_without_tumour": skipped} if centres is not None else {})
 
 
 def _rate(step: int, start: float, config: PretrainConfig, info: DistInfo) -> float:
@@ -303,4 +349,5 @@ def describe(config: PretrainConfig) -> str:
     return (
         f"UMBIF {c.preset} ({count_parameters(model) / 1e6:.2f} M parameters; encoder {c.dim} wide, {c.depth} "
         f"deep; {c.num_patches} patches of {c.patch_size}^3 per sequence), objective {c.objective}"
+        + (f", crops centred on the tumour (+-{config.crop_jitter} voxels)" if config.crop == "tumour" else "")
     )
