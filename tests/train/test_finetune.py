@@ -278,6 +278,23 @@ def test_seeded_deterministic_aligned_and_blind_to_test_labels(cohort: Path) -> 
     assert not np.array_equal(other["idh"][0], first["idh"][0])
 
 
+def test_threshold_fallbacks_when_a_split_has_one_class(cohort: Path) -> None:
+    tables = _tables(cohort, ("idh", "mgmt", "codeletion_1p19q"))
+    tables["codeletion_1p19q"] = tables["codeletion_1p19q"].query("y == 1")  # one class only
+    idh, mgmt = tables["idh"], tables["mgmt"].set_index("exam_id")["y"]
+    strata = [f"idh={y}" for y in idh["y"]]  # the split stratifies on each item's first task
+    seed = next(
+        s
+        for s in range(50)
+        if mgmt[idh["exam_id"][inner_split(list(idh["patient_id"]), strata, 0.2, s)]].nunique() == 1
+    )
+    result = finetune(cohort / "encoder", cohort / "cache", tables, _config(epochs=1, seed=seed))
+    assert result.threshold_rules["idh"].startswith("youden on the inner validation")
+    assert result.threshold_rules["mgmt"].startswith("youden on the inner training")  # validation: one class
+    assert 0 < result.thresholds["mgmt"] < 1
+    assert result.thresholds["codeletion_1p19q"] == 0.5 and result.threshold_rules["codeletion_1p19q"].startswith("0.5")
+
+
 def test_test_patients_never_train(cohort: Path) -> None:
     tables = _tables(cohort, ("idh", "outcome"))
     result = finetune(cohort / "encoder", cohort / "cache", tables, _config(epochs=1), exclude_patients=["p01", "p02"])

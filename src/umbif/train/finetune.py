@@ -1,8 +1,8 @@
 """Fine-tune the pretrained UMBIF encoder on the glioma tasks: one model, one head per task.
 
-Read top to bottom: config, items (what one training example is), the multi-task model, the pure
-pieces (masked loss, layer-wise learning rates, inner split, Youden threshold), the loop, and the
-entry points — :func:`finetune_and_predict` for cross-validation, :func:`finetune` +
+Read top to bottom: config, items (what one training example is), the model
+(:class:`umbif.models.heads.MultiTaskModel`) and the pure pieces (masked loss, layer-wise learning rates,
+inner split), the loop, and the entry points — :func:`finetune_and_predict` for cross-validation, :func:`finetune` +
 :func:`save_finetuned` for the final model (a classifier folder for ``umbif predict``).
 
 Items. A sample of ``idh``/``mgmt``/``codeletion_1p19q`` is an exam; a sample of ``outcome`` is a
@@ -12,9 +12,9 @@ only for IDH-mutant tumours; a pair has no genotype label). The loss of an item 
 the tasks it is labelled for, so a missing label contributes no gradient. The shared encoder embeds
 both exams of a pair; the outcome head sees ``concat(baseline, followup, followup - baseline)``.
 
-Everything chosen from data — early stopping, the decision threshold (Youden J) and the class weights —
-comes from the training tables only: an inner validation split of the training *patients*
-(grouped, stratified), never the test rows.
+Everything chosen from data — early stopping, the decision threshold (Youden J, by
+``umbif.eval.metrics.choose_threshold`` as for the probe) and the class weights — comes from the training
+tables only: an inner validation split of the training *patients* (grouped, stratified), never the test rows.
 """
 
 from __future__ import annotations
@@ -571,15 +571,12 @@ def finetune(
 
     amp = autocast_dtype(config.amp, dev)
     val_logits = predict_logits(model, val_set, config.batch_size, dev, amp)
-    train_logits: np.ndarray | None = None
     thresholds, rules = {}, {}
     for t, task in enumerate(tasks):
         threshold = _youden(inner_val, val_logits, t)
         rules[task] = f"youden on the inner validation split ({config.val_fraction:g} of training patients)"
-        if threshold is None:
-            train_logits = (
-                predict_logits(model, train_set, config.batch_size, dev, amp) if train_logits is None else train_logits
-            )
+        if threshold is None:  # rare: the validation patients hold one class of this task
+            train_logits = predict_logits(model, train_set, config.batch_size, dev, amp)
             threshold = _youden(inner_train, train_logits, t)
             rules[task] = "youden on the inner training split (the validation split has one class)"
         if threshold is None:
