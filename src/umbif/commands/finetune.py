@@ -31,7 +31,9 @@ def finetune(
     head: Annotated[
         str | None, typer.Option(help="linear (default; the only head a classifier folder holds), mlp or attention.")
     ] = None,
-    mode: Annotated[str | None, typer.Option(help="full (default), partial (last blocks) or frozen (heads only).")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="full (default), partial (the last blocks) or frozen (heads only).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
 ) -> None:
     """Fine-tune the UMBIF encoder with one head per task and save it as a classifier folder.
