@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(if $(TORCH),$(BIN)/pip install --disable-pip-version-check -q "$(TORCH)")
 	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e ".[dev]"
+	# pyradiomics (radiomics baseline) has only a source package: build it against the installed numpy
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt versioneer wheel
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt --no-build-isolation pyradiomics
 	touch $@
 
 lint: venv

@@ -51,11 +51,12 @@ def _lesion(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: f
     return ((grid - np.array(centre)[:, None, None, None]) ** 2).sum(0) < radius**2
 
 
-def build(root: Path, patients: int = 36, sites: int = 3, seed: int = 0) -> TinyCohort:
+def build(root: Path, patients: int = 36, sites: int = 3, seed: int = 0, seg: bool = False) -> TinyCohort:
     """``patients`` glioma patients over ``sites`` sites, each with a baseline and a follow-up exam.
 
     IDH-mutant tumours are bright on T2 (blob in the left hemisphere), MGMT methylation adds a
     FLAIR rim, progression grows the follow-up lesion. The 4th patient of each site lacks T1.
+    ``seg=True`` also writes the lesion as a tumour segmentation (manifest column ``seg``, label 1).
     """
     rng = np.random.default_rng(seed)
     rows, truth = [], []
@@ -72,6 +73,9 @@ def build(root: Path, patients: int = 36, sites: int = 3, seed: int = 0) -> Tiny
             rim = _lesion(SHAPE, (12, 16, 16), radius + 2) & ~lesion
             exam = f"{pid}-{t}"
             row = {"exam_id": exam, "patient_id": pid, "site": site, "timepoint": str(t)}
+            if seg:
+                row["seg"] = f"data/{exam}/seg.nii.gz"
+                _save(root / row["seg"], lesion.astype(np.uint8))
             for s, sequence in enumerate(SEQUENCES):
                 if sequence == "t1" and k % sites == 0 and k // sites == 3:
                     continue
