@@ -3,7 +3,6 @@ function per command. Heavy modules are imported inside the commands so ``--help
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -710,21 +709,13 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for encoder.safetensors + config.json.")],
 ) -> None:
     """Write the pretrained encoder alone, ready for `umbif.load_encoder(OUT)`."""
-    from umbif.models.io import save_encoder
-    from umbif.models.umbif import UMBIFPretrainer
-    from umbif.train.checkpoint import load_checkpoint, resolve_checkpoint
-    from umbif.train.pretrain import PretrainConfig
+    from umbif.train.export import export_encoder
 
     try:
-        folder = resolve_checkpoint(run_dir)
-        state = json.loads((folder / "state.json").read_text())
-        config = PretrainConfig.model_validate(state["config"]).model
-        model = UMBIFPretrainer(config)
-        load_checkpoint(folder, model, restore_rng=False)
-        path = save_encoder(model.encoder, config, out_dir)
+        path, step = export_encoder(run_dir, out_dir)
     except (ValueError, FileNotFoundError, KeyError) as err:
         _fail(str(err))
-    out.print(f"wrote {escape(str(path))} (step {state['step']}); load it with umbif.load_encoder", highlight=False)
+    out.print(f"wrote {escape(str(path))} (step {step}); load it with umbif.load_encoder", highlight=False)
 
 
 # Downstream commands live in umbif/commands/ and register themselves on `app` when imported.
