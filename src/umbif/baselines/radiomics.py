@@ -38,6 +38,7 @@ import copy
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 MODELS: tuple[str, ...] = ("lr", "svm", "rf")
 MODEL_NAMES = {"lr": "logistic regression", "svm": "RBF SVM (sigmoid-calibrated)", "rf": "random forest"}
-RF_TREES = 200  # trees per forest; more changes the AUC little on cohorts of ~100 patients
+RF_TREES = 100  # trees per forest (~1 ms each to fit); more changes the AUC little on ~100 patients
 GRIDS: dict[str, dict[str, list]] = {  # small on purpose: every point costs inner_folds fits per outer fold
     "lr": {"select__percentile": [10, 100], "model__C": [0.01, 0.1, 1.0]},
     "svm": {"select__percentile": [10, 100], "model__estimator__C": [0.1, 1.0, 10.0]},
@@ -124,16 +125,25 @@ def load_settings(settings: dict[str, Any] | str | Path | None = None) -> dict[s
     params = copy.deepcopy(settings) if isinstance(settings, dict) else read_yaml(settings)
     if not params.get("featureClass"):
         raise ValueError(f"radiomics {source}: name the feature classes under featureClass, e.g. shape, glcm")
-    featureextractor = import_pyradiomics()
+    import_pyradiomics()  # a missing install is an ImportError with the commands, not a settings error
     try:
-        featureextractor.RadiomicsFeatureExtractor(params)
+        make_extractor(params)
     except Exception as err:  # pykwalify's SchemaError and pyradiomics' own checks
         raise ValueError(f"radiomics {source}: pyradiomics rejects these parameters: {err}") from None
     return params
 
 
+def make_extractor(params: dict[str, Any]) -> Any:
+    """A pyradiomics ``RadiomicsFeatureExtractor`` for ``params`` (validated by pyradiomics' schema)."""
+    featureextractor = import_pyradiomics()
+    with warnings.catch_warnings():  # pykwalify loads pyradiomics' schema extension with the deprecated load_module
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return featureextractor.RadiomicsFeatureExtractor(params)
+
+
 def feature_fingerprint(params: dict[str, Any], cache_dir: str | Path) -> str:
     """Stable short hash of the settings, the cache's preprocessing plan and the pyradiomics version."""
+    import_pyradiomics()  # ImportError with the install commands
     import radiomics
 
     plan_path = Path(cache_dir) / "plan.json"
@@ -146,15 +156,12 @@ def feature_fingerprint(params: dict[str, Any], cache_dir: str | Path) -> str:
 
 def _extractors(params: dict[str, Any]) -> tuple[Any, Any]:
     """(shape extractor or None, per-sequence extractor or None) from one set of parameters."""
-    featureextractor = import_pyradiomics()
     classes = params["featureClass"]
     shape = {k: v for k, v in classes.items() if k in SHAPE_CLASSES}
     texture = {k: v for k, v in classes.items() if k not in SHAPE_CLASSES}
-    shape_ex = featureextractor.RadiomicsFeatureExtractor(
-        {**params, "imageType": {"Original": {}}, "featureClass": shape}
-    )
-    texture_ex = featureextractor.RadiomicsFeatureExtractor({**params, "featureClass": texture})
-    return (shape_ex if shape else None), (texture_ex if texture else None)
+    shape_ex = make_extractor({**params, "imageType": {"Original": {}}, "featureClass": shape}) if shape else None
+    texture_ex = make_extractor({**params, "featureClass": texture}) if texture else None
+    return shape_ex, texture_ex
 
 
 def sitk_image(array: np.ndarray, spacing: Sequence[float]) -> Any:
@@ -379,9 +386,7 @@ def _pipeline(model: str, seed: int) -> Pipeline:
         "svm": CalibratedClassifierCV(
             SVC(kernel="rbf", class_weight="balanced"), method="sigmoid", cv=3, ensemble=False
         ),
-        "rf": RandomForestClassifier(
-            n_estimators=RF_TREES, class_weight="balanced_subsample", random_state=seed, n_jobs=1
-        ),
+        "rf": RandomForestClassifier(n_estimators=RF_TREES, class_weight="balanced", random_state=seed, n_jobs=1),
     }
     return Pipeline(
         [
@@ -433,8 +438,10 @@ class RadiomicsClassifier(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y).astype(int)
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
         splits = inner_splits(y, groups, self.inner_folds, self.seed)
-        # Problems this small are slower with several BLAS threads (as in umbif.adapt.probe).
-        with threadpool_limits(limits=1):
+        # Problems this small are slower with several BLAS threads (as in umbif.adapt.probe). f_classif
+        # divides by the within-class variance: 0 for a feature constant within each class, whose
+        # F = inf ranks it first, as it should.
+        with threadpool_limits(limits=1), np.errstate(divide="ignore"):
             search = GridSearchCV(
                 _pipeline(self.model, self.seed), GRIDS[self.model], scoring="roc_auc", cv=splits, error_score="raise"
             ).fit(X, y)
