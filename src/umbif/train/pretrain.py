@@ -244,7 +244,7 @@ def pretrain(
         record = {"config": config.to_dict(), "data_fingerprint": fingerprint, "exams": len(dataset)}
         if centres is not None:
             record["skipped_without_tumour"] = skipped
-        write_text_atomic(run_dir / "config.json", json.dumps({**record, **provenance(seed=config.seed)}, indent=2))
+        write_text_atomic(run_dir / "config.json", json.dumps({**provenance(seed=config.seed), **record}, indent=2))
 
     ddp_model = model
     if info.world_size > 1:  # DDP
