@@ -137,17 +137,20 @@ def run_method(
     schemes: Iterable[str] = SCHEMES,
     settings: dict[str, Any] | None = None,
     on_fold: Callable[[int, int], None] | None = None,
+    prepared_s: float = 0.0,
 ) -> pd.DataFrame:
     """Cross-validate ``method`` on every fold of ``splits``; resumable fold by fold.
 
     Returns the method's predictions (PREDICTION_COLUMNS) and writes them to
-    ``RUN/predictions/<method>.csv`` with ``<method>.json`` (description, settings, wall time).
+    ``RUN/predictions/<method>.csv`` with ``<method>.json`` (description, settings, wall time:
+    ``prepared_s``, e.g. embedding or feature extraction, plus the folds, over all sessions).
     """
     folder = run_dir / "predictions" / method.name
     folder.mkdir(parents=True, exist_ok=True)
     plan = fold_plan(splits, samples, schemes)
     started, frames = time.perf_counter(), []
     previous = _read_json(run_dir / "predictions" / f"{method.name}.json").get("wall_time_s_partial", 0.0)
+    previous += prepared_s
     for i, (scheme, repeat, fold, parts) in enumerate(plan):
         path = _fold_file(folder, scheme, repeat, fold)
         if not path.is_file():
@@ -385,9 +388,11 @@ def run_evaluation(
         if spec.name in done:
             stage(f"{spec.name}: already complete, reused")
             continue
+        started = time.perf_counter()
         method = spec.build(ctx)
         stage(f"{spec.name}: cross-validation")
-        run_method(method, cohort.samples, splits, run_dir, schemes, settings, on_fold=on_progress)
+        prepared = time.perf_counter() - started
+        run_method(method, cohort.samples, splits, run_dir, schemes, settings, on_progress, prepared)
     stage("metrics with patient-level bootstrap CIs")
     cards = {n: c for n, c in finished_methods(run_dir).items() if n in names}
     predictions = all_predictions(run_dir, list(cards))

@@ -1,0 +1,69 @@
+"""`umbif benchmark`: method names, side-by-side evaluation on one split, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from labelled_cohort import TinyCohort, build
+from umbif.benchmark import BASELINES, benchmark, method_specs
+from umbif.cli import app
+from umbif.eval.evaluate import EvaluateConfig
+from umbif.models.io import load_encoder, save_encoder
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> TinyCohort:
+    return build(tmp_path_factory.mktemp("cohort"), patients=16, sites=2, seg=True)
+
+
+@pytest.fixture(scope="module")
+def second_encoder(cohort: TinyCohort) -> Path:
+    encoder = load_encoder(cohort.encoder)
+    with torch.no_grad():
+        encoder.patch_embed[2].weight.mul_(-1.0)
+    return save_encoder(encoder, encoder.config, cohort.encoder.parent / "other")
+
+
+def test_method_names_become_specs(cohort: TinyCohort, second_encoder: Path) -> None:
+    encoders = {"umbif": cohort.encoder, "other": second_encoder}
+    specs = method_specs(["umbif-probe", "other-finetune", "radiomics-rf"], encoders)
+    assert [s.name for s in specs] == ["umbif-probe", "other-finetune", "radiomics-rf"]
+    assert specs[0].settings["encoder"] == "encoder" and specs[2].settings["model"] == "rf"
+    assert {"radiomics-lr", "cnn-resnet18", "cnn-densenet121"} <= set(BASELINES)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("magic", "unknown method 'magic'; choose umbif-probe, umbif-finetune"), ("ssl-probe", "--encoder ssl=DIR")],
+)
+def test_unknown_methods_and_missing_encoders_are_explained(cohort: TinyCohort, name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        method_specs([name], {"umbif": cohort.encoder})
+
+
+def test_methods_side_by_side_and_resumed(cohort: TinyCohort, second_encoder: Path, tmp_path: Path) -> None:
+    config = EvaluateConfig(tasks=("idh", "mgmt"), folds=3, loso=False, n_bootstrap=100, inner_folds=3)
+    methods = ["umbif-probe", "other-probe", "radiomics-lr"]
+    encoders = {"umbif": cohort.encoder, "other": second_encoder}
+    document = benchmark(cohort.manifest.table, cohort.cache, tmp_path, methods, encoders, config)
+    assert set(document["methods"]) == set(methods)
+    assert all(document["methods"][m]["wall_time_s"] > 0 for m in methods)
+    rows = {(r["method"], r["task"]): r for r in document["results"]}
+    assert len(rows) == 6
+    assert rows[("umbif-probe", "idh")]["comparison"] is None  # the reference itself
+    comparison = rows[("radiomics-lr", "idh")]["comparison"]
+    assert comparison["against"] == "umbif-probe" and 0.0 <= comparison["p_value"] <= 1.0
+    stages: list[str] = []
+    again = benchmark(cohort.manifest.table, cohort.cache, tmp_path, methods, encoders, config, on_stage=stages.append)
+    assert sum("already complete" in s for s in stages) == 3
+    assert again["results"] == document["results"]
+
+
+def test_cli_benchmark_needs_name_equals_dir(cohort: TinyCohort, tmp_path: Path) -> None:
+    args = ["benchmark", str(cohort.manifest_path), "--cache", str(cohort.cache), "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--method", "umbif-probe", "--encoder", str(cohort.encoder)])
+    assert result.exit_code == 1 and "--encoder takes NAME=DIR" in result.output
