@@ -12,7 +12,7 @@ DEMO := work/demo
 EXAMS ?= 120
 WORKERS ?= 2
 
-.PHONY: venv test lint demo demo-real clean
+.PHONY: venv test lint demo demo-quick demo-data demo-real clean
 
 venv: $(STAMP)
 
@@ -32,16 +32,24 @@ lint: venv
 test: lint
 	$(BIN)/pytest -q
 
-# Demo on the synthetic multi-site cohort: generate -> validate -> summary -> exam cache -> pictures.
-# Reruns reuse what is done; `make demo EXAMS=400` for the full default cohort.
+# The main job in one command: synthetic cohort -> cache -> pretraining (UMBIF + SSL baselines) ->
+# every method on the same folds -> work/demo/benchmark/report/report.html (~15 min on 2 CPU cores).
 demo: venv
-	$(BIN)/umbif synth --out $(DEMO)/synth --exams $(EXAMS) --workers $(WORKERS) --preview
-	$(BIN)/umbif manifest validate $(DEMO)/synth/manifest.csv
-	$(BIN)/umbif manifest summary $(DEMO)/synth/manifest.csv
-	$(BIN)/umbif preprocess $(DEMO)/synth/manifest.csv --out $(DEMO)/cache --workers $(WORKERS)
-	$(BIN)/umbif cache info $(DEMO)/cache --verify
-	$(BIN)/umbif cache show $(DEMO)/cache --out $(DEMO)/exam.png
-	@echo "look at $(DEMO)/synth/preview.png, $(DEMO)/exam.png and $(DEMO)/synth/cohort_card.md"
+	$(BIN)/umbif demo --out $(DEMO)
+
+demo-quick: venv
+	$(BIN)/umbif demo --quick --out $(DEMO)-quick
+
+# The data path alone: generate -> validate -> summary -> exam cache -> pictures.
+# Reruns reuse what is done; `make demo-data EXAMS=400` for the full default cohort.
+demo-data: venv
+	$(BIN)/umbif synth --out $(DEMO)/data/synth --exams $(EXAMS) --workers $(WORKERS) --preview
+	$(BIN)/umbif manifest validate $(DEMO)/data/synth/manifest.csv
+	$(BIN)/umbif manifest summary $(DEMO)/data/synth/manifest.csv
+	$(BIN)/umbif preprocess $(DEMO)/data/synth/manifest.csv --out $(DEMO)/data/cache --workers $(WORKERS)
+	$(BIN)/umbif cache info $(DEMO)/data/cache --verify
+	$(BIN)/umbif cache show $(DEMO)/data/cache --out $(DEMO)/data/exam.png
+	@echo "look at $(DEMO)/data/synth/preview.png, $(DEMO)/data/exam.png and $(DEMO)/data/synth/cohort_card.md"
 
 # The same path on a real exam folder (default: the UPENN-GBM sample next to this checkout).
 demo-real: venv

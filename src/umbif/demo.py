@@ -296,9 +296,7 @@ def _pretrain_encoder(
             f"pretrain:{name}",
             key,
             text,
-            lambda: build_ssl_imagenet_encoder(
-                target, config, steps=p.imagenet_steps, seed=p.seed, work_dir=run_dir, on_step=on_step
-            ),
+            lambda: build_ssl_imagenet_encoder(target, config, steps=p.imagenet_steps, seed=p.seed, on_step=on_step),
         )
         return
     objective = {"umbif": "hybrid", "umbif-mae": "mae", "umbif-contrastive": "contrastive"}.get(name)
