@@ -221,8 +221,12 @@ class MultiTaskModel(nn.Module):
     ``mode`` decides what trains: ``"full"`` everything, ``"partial"`` the last ``trainable_blocks`` blocks,
     the final norm and the heads, ``"frozen"`` the heads only (the encoder then runs without autograd).
 
+    Any module with ``forward_tokens(images, present) -> (tokens, token_mask)`` and ``no_weight_decay()``
+    serves as the encoder: a CNN baseline (``umbif.baselines.cnn``) gives one token, its pooled features.
+
     Args:
-        encoder: the (pretrained) encoder; its parameters' ``requires_grad`` is set here.
+        encoder: the (pretrained) encoder; its parameters' ``requires_grad`` is set here. ``"partial"``
+            mode needs its transformer ``blocks``.
         heads: task -> head, in output order (a head with ``pair=True`` scores pairs).
         mode: what trains.
         trainable_blocks: blocks that train in ``"partial"`` mode (counted from the last).
@@ -234,10 +238,14 @@ class MultiTaskModel(nn.Module):
     """
 
     def __init__(
-        self, encoder: UMBIFEncoder, heads: Mapping[str, TaskHead], mode: TrainMode = "full", trainable_blocks: int = 1
+        self,
+        encoder: UMBIFEncoder | nn.Module,
+        heads: Mapping[str, TaskHead],
+        mode: TrainMode = "full",
+        trainable_blocks: int = 1,
     ):
         super().__init__()
-        depth = len(encoder.blocks)
+        depth = len(getattr(encoder, "blocks", ()))
         if mode not in ("full", "partial", "frozen"):
             raise ValueError(f"unknown mode {mode!r}; choose full, partial or frozen")
         if mode == "partial" and not 1 <= trainable_blocks <= depth:

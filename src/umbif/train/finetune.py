@@ -5,6 +5,10 @@ Read top to bottom: config, items (what one training example is), the model
 inner split), the loop, and the entry points — :func:`finetune_and_predict` for cross-validation, :func:`finetune` +
 :func:`save_finetuned` for the final model (a classifier folder for ``umbif predict``).
 
+The loop (:func:`fit_multitask`, :func:`fit_and_predict`) takes the model as a builder and its parameter groups
+as a function, so the 3D CNN baselines trained from scratch (``umbif.baselines.cnn``) run through the same items,
+masked loss, inner split, early stopping and thresholds.
+
 Items. A sample of ``idh``/``mgmt``/``codeletion_1p19q`` is an exam; a sample of ``outcome`` is a
 (baseline, follow-up) pair. Samples of all tasks are merged into *items* keyed by
 ``(exam_id, baseline_exam_id)`` with one label per task, NaN where the item has none (1p/19q exists
@@ -69,7 +73,47 @@ FINETUNE_AUGMENT = AugmentConfig(
 )
 
 
-class FinetuneConfig(FrozenConfig):
+class TrainConfig(FrozenConfig):
+    """The training loop's settings (:func:`fit_multitask`): epochs, optimiser, early stopping, inner split.
+
+    Shared by fine-tuning (:class:`FinetuneConfig`) and the CNN baselines (``umbif.baselines.cnn.CNNConfig``),
+    which add their model's settings.
+
+    Example:
+        >>> TrainConfig(epochs=10).patience
+        5
+    """
+
+    epochs: int = 30  # maximum passes over the training items (early stopping may end sooner)
+    batch_size: int = 4  # items per step (a pair counts once but is encoded twice)
+    lr: float = 5e-4  # peak learning rate (of the heads when the model has layer-wise rates)
+    weight_decay: float = 0.05  # AdamW; none on biases, norms and the model's no_weight_decay() names
+    warmup_epochs: int = 1  # linear warm-up, then cosine decay per step
+    min_lr_ratio: float = 0.01  # final lr = lr * min_lr_ratio
+    clip_grad: float = 1.0  # max global gradient norm; 0 = off
+    patience: int = 5  # stop after this many epochs without improvement of the monitored value
+    monitor: Literal["loss", "auc"] = "loss"  # inner-validation loss (lower) or mean AUC over tasks (higher)
+    val_fraction: float = 0.2  # share of training patients held out as the inner validation split
+    pos_weight: bool = True  # weigh positives by n_negative / n_positive per task (training prevalence)
+    augment: AugmentConfig | None = FINETUNE_AUGMENT  # flips + light intensity; None: no augmentation
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA where supported, off on the CPU
+    seed: int = 0  # model initialisation, batch order, augmentation, inner split
+    num_workers: int = 0  # data loader processes
+
+    @model_validator(mode="after")
+    def _check_training(self) -> TrainConfig:
+        if min(self.epochs, self.batch_size, self.patience) < 1:
+            raise ValueError("epochs, batch_size and patience must be >= 1")
+        if not 0.0 < self.val_fraction <= 0.5:
+            raise ValueError(f"val_fraction must be in (0, 0.5], got {self.val_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.augment is not None and self.augment.crop is not None:
+            raise ValueError("augment.crop must be null: training sees the whole cache grid")
+        return self
+
+
+class FinetuneConfig(TrainConfig):
     """How the encoder and its task heads are fine-tuned; saved in the output's provenance.
 
     Example:
@@ -80,36 +124,17 @@ class FinetuneConfig(FrozenConfig):
     head: Literal["linear", "mlp", "attention"] = "linear"  # linear/MLP on CLS, attention pooling; only linear exports
     mode: Literal["full", "partial", "frozen"] = "full"  # train all | the last trainable_blocks blocks | heads only
     trainable_blocks: int = 1  # partial mode: the last k encoder blocks (and the final norm) train
-    epochs: int = 30  # maximum passes over the training items (early stopping may end sooner)
-    batch_size: int = 4  # items per step (a pair counts once but is encoded twice)
-    lr: float = 5e-4  # peak learning rate of the heads; encoder layers get less (layer_decay)
     layer_decay: float = 0.75  # block i gets lr * layer_decay^(depth - i), the embeddings lr * layer_decay^(depth + 1)
-    weight_decay: float = 0.05  # AdamW; none on biases, norms, tokens and embeddings (no_weight_decay)
-    warmup_epochs: int = 1  # linear warm-up, then cosine decay per step
-    min_lr_ratio: float = 0.01  # final lr = lr * min_lr_ratio
-    clip_grad: float = 1.0  # max global gradient norm; 0 = off
-    patience: int = 5  # stop after this many epochs without improvement of the monitored value
-    monitor: Literal["loss", "auc"] = "loss"  # inner-validation loss (lower) or mean AUC over tasks (higher)
-    val_fraction: float = 0.2  # share of training patients held out as the inner validation split
-    pos_weight: bool = True  # weigh positives by n_negative / n_positive per task (training prevalence)
-    augment: AugmentConfig | None = FINETUNE_AUGMENT  # flips + light intensity; None: no augmentation
     mlp_hidden: int = 256  # hidden width of the MLP head
     head_dropout: float = 0.1  # dropout of the MLP head
     pool_heads: int = 1  # heads of attention pooling (must divide the encoder width)
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA where supported, off on the CPU
-    seed: int = 0  # head initialisation, batch order, augmentation, inner split
-    num_workers: int = 0  # data loader processes
 
     @model_validator(mode="after")
-    def _check(self) -> FinetuneConfig:
-        if min(self.epochs, self.batch_size, self.trainable_blocks, self.patience, self.mlp_hidden) < 1:
-            raise ValueError("epochs, batch_size, trainable_blocks, patience and mlp_hidden must be >= 1")
-        if not 0.0 < self.val_fraction <= 0.5:
-            raise ValueError(f"val_fraction must be in (0, 0.5], got {self.val_fraction}")
-        if not 0.0 < self.layer_decay <= 1.0 or self.lr <= 0:
-            raise ValueError(f"need lr > 0 and 0 < layer_decay <= 1, got lr {self.lr}, layer_decay {self.layer_decay}")
-        if self.augment is not None and self.augment.crop is not None:
-            raise ValueError("augment.crop must be null: fine-tuning sees the whole cache grid")
+    def _check_finetune(self) -> FinetuneConfig:
+        if min(self.trainable_blocks, self.mlp_hidden) < 1:
+            raise ValueError("trainable_blocks and mlp_hidden must be >= 1")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"need 0 < layer_decay <= 1, got {self.layer_decay}")
         return self
 
 
@@ -295,9 +320,10 @@ def param_groups(model: MultiTaskModel, lr: float, layer_decay: float, weight_de
     Parameter at layer ``l`` (:func:`layer_id`) gets ``lr * layer_decay ** (depth + 1 - l)``: the heads
     ``lr``, block ``i`` ``lr * layer_decay ** (depth - i)``, the embeddings the lowest. No weight decay on
     biases, norms (1-d tensors) and ``no_weight_decay()`` names. Frozen parameters are left out. Each
-    group carries ``names`` and ``layer`` for inspection.
+    group carries ``names`` and ``layer`` for inspection. An encoder without transformer ``blocks`` (a CNN)
+    is one layer: every parameter gets ``lr``.
     """
-    depth = len(model.encoder.blocks)
+    depth = len(getattr(model.encoder, "blocks", ()))
     skip = model.no_weight_decay()
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
@@ -355,11 +381,11 @@ def inner_split(patients: Sequence[str], strata: Sequence[str], val_fraction: fl
 
 @dataclass
 class Finetuned:
-    """A fine-tuned model and everything :func:`save_finetuned` writes next to it."""
+    """A trained multi-task model (:func:`fit_multitask`) and everything :func:`save_finetuned` writes next to it."""
 
     model: MultiTaskModel  # the best epoch's weights, eval mode
-    model_config: ModelConfig  # the encoder architecture on the cache grid
-    config: FinetuneConfig
+    model_config: ModelConfig | None  # the UMBIF encoder's architecture on the cache grid; None for another backbone
+    config: TrainConfig  # FinetuneConfig for the UMBIF encoder
     thresholds: dict[str, float]  # task -> decision threshold (positive when score >= threshold)
     threshold_rules: dict[str, str]  # task -> how its threshold was chosen
     n_train: dict[str, int]  # task -> labelled training samples (inner train + inner validation)
@@ -499,16 +525,18 @@ def _strata(items: Items) -> list[str]:
     return out
 
 
-def finetune(
-    encoder_dir: str | Path,
+def fit_multitask(
+    build: Callable[[tuple[str, ...], tuple[int, int, int]], MultiTaskModel],
+    groups: Callable[[MultiTaskModel], list[dict[str, Any]]],
     cache_dir: str | Path,
     train: Mapping[str, pd.DataFrame],
-    config: FinetuneConfig | None = None,
+    config: TrainConfig,
     device: str | torch.device | None = None,
     on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
     exclude_patients: Sequence[str] = (),
 ) -> Finetuned:
-    """Fine-tune the encoder with one head per task of ``train``.
+    """Train a multi-task model on the cached exams of ``train``: the loop behind :func:`finetune` and the CNN
+    baselines (``umbif.baselines.cnn``), which differ only in ``build`` and ``groups``.
 
     The training items are split into inner train and inner validation (whole patients, stratified,
     ``val_fraction``); the model trains on the first, is early-stopped on the second (``monitor``,
@@ -517,31 +545,32 @@ def finetune(
     class of the task, 0.5 when both have one).
 
     Args:
-        encoder_dir: an encoder exported by ``umbif export`` / :func:`umbif.models.io.save_encoder`.
-        cache_dir: the exam cache; the encoder runs on its grid.
+        build: ``(tasks, cache grid) -> model``, called after seeding; a :class:`MultiTaskModel` (any encoder
+            with ``forward_tokens``) whose heads are in ``tasks`` order.
+        groups: ``model -> AdamW parameter groups`` (e.g. :func:`param_groups`).
+        cache_dir: the exam cache.
         train: task -> sample table (``umbif.eval.tasks.SAMPLE_COLUMNS``), all rows labelled.
-        config: settings (default :class:`FinetuneConfig`).
+        config: the loop's settings.
         device: default CUDA when available, else CPU.
         on_epoch: called after each epoch with ``(epoch, max_epochs, record)``.
         exclude_patients: patients to leave out of training (e.g. those of a test fold).
 
     Returns:
-        :class:`Finetuned`.
+        :class:`Finetuned` (``model_config`` is the encoder's when it is a :class:`UMBIFEncoder`, else None).
 
     Raises:
-        ValueError: an empty task, too few patients, exams not in the cache, an encoder that does not fit the grid.
-        FileNotFoundError: no encoder or no cache.
+        ValueError: an empty task, too few patients, exams not in the cache.
+        FileNotFoundError: no cache.
 
     Example:
-        >>> result = finetune("runs/encoder", "cache", {"idh": samples.table}, FinetuneConfig(epochs=20))
-        >>> save_finetuned(result, "models/idh")
+        >>> build = lambda tasks, grid: build_model(encoder, tasks, config)
+        >>> result = fit_multitask(build, lambda m: param_groups(m, 1e-3, 0.75, 0.05), "cache", tables, config)
     """
-    config = config or FinetuneConfig()
     cache_dir = Path(cache_dir)
     dev = _device(device)
     tasks = tuple(check_task(t) for t in train)
     if not tasks:
-        raise ValueError("no task to fine-tune: train is empty")
+        raise ValueError("no task to train: train is empty")
     for task, table in train.items():
         if table.empty:
             raise ValueError(f"task {task!r} has no labelled training samples")
@@ -557,15 +586,16 @@ def finetune(
     grid = tuple(int(n) for n in preprocess["shape"])
     cache = _cache_dataset(cache_dir, items)
     seed_everything(config.seed)
-    encoder, model_config = _load_encoder_on_grid(encoder_dir, grid)  # type: ignore[arg-type]
-    model = build_model(encoder, tasks, config).to(dev)
+    model = build(tasks, grid).to(dev)  # type: ignore[arg-type]
+    if model.tasks != tasks:
+        raise ValueError(f"the model's heads {list(model.tasks)} are not the tasks {list(tasks)} in order")
 
     val_mask = inner_split(items.patient_ids, _strata(items), config.val_fraction, config.seed)
     inner_train, inner_val = items.subset(np.flatnonzero(~val_mask)), items.subset(np.flatnonzero(val_mask))
     train_set, val_set = ItemDataset(cache, inner_train), ItemDataset(cache, inner_val)
     pos_weight = torch.from_numpy(_pos_weight(inner_train.labels)).to(dev) if config.pos_weight else None
 
-    history, best_state, best_epoch = _fit(model, train_set, val_set, config, dev, pos_weight, on_epoch)
+    history, best_state, best_epoch = _fit(model, groups(model), train_set, val_set, config, dev, pos_weight, on_epoch)
     model.load_state_dict(best_state)
     model.eval()
 
@@ -583,9 +613,51 @@ def finetune(
             threshold, rules[task] = 0.5, "0.5 (the training data of this task have one class)"
         thresholds[task] = threshold
     n_train = {task: len(table) for task, table in kept.items()}
+    encoder = model.encoder
+    model_config = encoder.config if isinstance(encoder, UMBIFEncoder) else None
     return Finetuned(
         model.cpu(), model_config, config, thresholds, rules, n_train, history, preprocess, best_epoch, dropped
     )
+
+
+def finetune(
+    encoder_dir: str | Path,
+    cache_dir: str | Path,
+    train: Mapping[str, pd.DataFrame],
+    config: FinetuneConfig | None = None,
+    device: str | torch.device | None = None,
+    on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
+    exclude_patients: Sequence[str] = (),
+) -> Finetuned:
+    """Fine-tune the encoder with one head per task of ``train`` (:func:`fit_multitask` with the exported
+    encoder on the cache grid, ``config.head`` heads and layer-wise learning rates).
+
+    Args:
+        encoder_dir: an encoder exported by ``umbif export`` / :func:`umbif.models.io.save_encoder`.
+        cache_dir, train, device, on_epoch, exclude_patients: as in :func:`fit_multitask`.
+        config: settings (default :class:`FinetuneConfig`).
+
+    Returns:
+        :class:`Finetuned`.
+
+    Raises:
+        ValueError: an empty task, too few patients, exams not in the cache, an encoder that does not fit the grid.
+        FileNotFoundError: no encoder or no cache.
+
+    Example:
+        >>> result = finetune("runs/encoder", "cache", {"idh": samples.table}, FinetuneConfig(epochs=20))
+        >>> save_finetuned(result, "models/idh")
+    """
+    settings = config or FinetuneConfig()
+
+    def build(tasks: tuple[str, ...], grid: tuple[int, int, int]) -> MultiTaskModel:
+        encoder, _ = _load_encoder_on_grid(encoder_dir, grid)
+        return build_model(encoder, tasks, settings)
+
+    def groups(model: MultiTaskModel) -> list[dict[str, Any]]:
+        return param_groups(model, settings.lr, settings.layer_decay, settings.weight_decay)
+
+    return fit_multitask(build, groups, cache_dir, train, settings, device, on_epoch, exclude_patients)
 
 
 def _youden(items: Items, logits: np.ndarray, t: int) -> float | None:
@@ -603,6 +675,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _fit(
     model: MultiTaskModel,
+    groups: list[dict[str, Any]],
     train_set: ItemDataset,
     val_set: ItemDataset,
     config: FinetuneConfig,
@@ -610,7 +683,11 @@ def _fit(
     pos_weight: torch.Tensor | None,
     on_epoch: Callable[[int, int, dict[str, Any]], None] | None,
 ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], int]:
-    """Train with early stopping; returns the history, the best epoch's state dict and that epoch."""
+    """Train with early stopping; returns the history, the best epoch's state dict and that epoch.
+
+    A model with batch norm drops a shuffled last batch of one item: batch statistics need two samples.
+    """
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     loader = DataLoader(
         train_set,
         batch_size=config.batch_size,
@@ -618,9 +695,10 @@ def _fit(
         collate_fn=collate,
         num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),
+        drop_last=batch_norm and len(train_set) > config.batch_size and len(train_set) % config.batch_size == 1,
     )
     steps = config.epochs * len(loader)
-    optimizer = torch.optim.AdamW(param_groups(model, config.lr, config.layer_decay, config.weight_decay))
+    optimizer = torch.optim.AdamW(groups)
     scheduler = warmup_cosine(optimizer, min(config.warmup_epochs * len(loader), steps), steps, config.min_lr_ratio)
     generator = torch.Generator(device=device).manual_seed(config.seed)  # augmentations
     amp = autocast_dtype(config.amp, device)
@@ -688,6 +766,38 @@ def predict(
     return {task: _sigmoid(logits[items.rows[task], finetuned.tasks.index(task)]) for task in tables}
 
 
+def fit_and_predict(
+    fit: Callable[[list[str]], Finetuned],
+    cache_dir: str | Path,
+    train: Mapping[str, pd.DataFrame],
+    test: Mapping[str, pd.DataFrame],
+    device: str | torch.device | None = None,
+) -> dict[str, tuple[np.ndarray, float]]:
+    """Train with ``fit(test_patients)`` and score ``test``: one fold of cross-validation.
+
+    Patients with a test row in any task are passed to ``fit`` to be left out of training (their images
+    never train the model, even under another task's label). Thresholds and early stopping use the training
+    data only.
+
+    Args:
+        fit: ``excluded patients -> trained model``, e.g. :func:`finetune` on ``train`` with ``exclude_patients``.
+        cache_dir: the exam cache.
+        train: task -> labelled training samples (only checked against ``test`` here).
+        test: task -> test samples (a subset of ``train``'s tasks; ``y`` is not read).
+        device: as in :func:`predict`.
+
+    Returns:
+        task -> ``(scores [len(test[task])], threshold)``; positive when ``score >= threshold``.
+    """
+    unknown = [t for t in test if t not in train]
+    if unknown:
+        raise ValueError(f"test tasks {unknown} have no training samples; pass them in train too")
+    test_patients = sorted({str(p) for table in test.values() for p in table["patient_id"]})
+    result = fit(test_patients)
+    scores = predict(result, cache_dir, test, device)
+    return {task: (scores[task], result.thresholds[task]) for task in test}
+
+
 def finetune_and_predict(
     encoder_dir: str | Path,
     cache_dir: str | Path,
@@ -696,10 +806,7 @@ def finetune_and_predict(
     config: FinetuneConfig | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, tuple[np.ndarray, float]]:
-    """Fine-tune on ``train`` and score ``test``: the entry point of cross-validation.
-
-    Patients with a test row in any task are left out of training (their images never train the
-    encoder, even under another task's label). Thresholds and early stopping use the training data only.
+    """Fine-tune on ``train`` and score ``test``: the entry point of cross-validation (:func:`fit_and_predict`).
 
     Args:
         encoder_dir, cache_dir, config, device: as in :func:`finetune`.
@@ -713,13 +820,11 @@ def finetune_and_predict(
         >>> out = finetune_and_predict("encoder", "cache", {"idh": train_idh}, {"idh": test_idh})
         >>> scores, threshold = out["idh"]
     """
-    unknown = [t for t in test if t not in train]
-    if unknown:
-        raise ValueError(f"test tasks {unknown} have no training samples; pass them in train too")
-    test_patients = sorted({str(p) for table in test.values() for p in table["patient_id"]})
-    result = finetune(encoder_dir, cache_dir, train, config, device, exclude_patients=test_patients)
-    scores = predict(result, cache_dir, test, device)
-    return {task: (scores[task], result.thresholds[task]) for task in test}
+
+    def fit(excluded: list[str]) -> Finetuned:
+        return finetune(encoder_dir, cache_dir, train, config, device, exclude_patients=excluded)
+
+    return fit_and_predict(fit, cache_dir, train, test, device)
 
 
 # ----------------------------------------------------------------------------- export
@@ -733,13 +838,16 @@ def save_finetuned(finetuned: Finetuned, out_dir: str | Path) -> Path:
     embedding) and ``classifier.json``; then ``history.jsonl`` (one line per epoch) and ``provenance.json``.
 
     Raises:
-        ValueError: the heads are MLP or attention heads; only linear heads on the CLS embedding fit the
-            format (nothing is written then).
+        ValueError: the heads are MLP or attention heads, or the model is not a UMBIF encoder (a CNN
+            baseline); only linear heads on the UMBIF CLS embedding fit the format (nothing is written then).
 
     Example:
         >>> save_finetuned(finetune("encoder", "cache", tables), "models/glioma")
     """
     out_dir = Path(out_dir)
+    model_config = finetuned.model_config
+    if model_config is None:
+        raise ValueError("only a fine-tuned UMBIF encoder can be saved as a classifier folder, not another backbone")
     heads = {}
     for task, head in finetuned.model.heads.items():
         weight, bias = head.linear_parameters()  # raises for MLP/attention heads, before anything is written
@@ -755,7 +863,6 @@ def save_finetuned(finetuned: Finetuned, out_dir: str | Path) -> Path:
         )
     config = finetuned.config
     record = provenance(config.to_dict(), config.seed)
-    model_config = finetuned.model_config
     classifier.save_classifier(
         out_dir, finetuned.model.encoder, model_config, heads, finetuned.preprocess, model_config.image_size,
         "finetune", record,
