@@ -168,6 +168,16 @@ def photo_views(
     return torch.stack(views).float()
 
 
+def _shrink(photo: torch.Tensor, short_side: int) -> torch.Tensor:
+    """``[3, H, W]`` scaled down (antialiased) so its shorter side is at most ``short_side``: views of a
+    1411-pixel photo then cost what views of a 384-pixel one do, and still come from its whole field."""
+    factor = short_side / min(photo.shape[1:])
+    if factor >= 1:
+        return photo
+    size = [max(1, round(n * factor)) for n in photo.shape[1:]]
+    return F.interpolate(photo[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+
+
 # ----------------------------------------------------------------------------- 2D masked autoencoder
 
 
@@ -348,7 +358,7 @@ def pretrain_photos(
         if {**done, "checkpoint_every": checkpoint_every} == config.to_dict():  # finished with these settings
             return weights
     photos = photo_corpus()
-    tensors = [torch.from_numpy(image).permute(2, 0, 1).float() / 255 for _, image in photos]  # [3, H, W]
+    tensors = [_shrink(torch.from_numpy(image).permute(2, 0, 1).float() / 255, 3 * image_size) for _, image in photos]
 
     torch.manual_seed(seed)
     model = PhotoMAE(config.model, image_size)
