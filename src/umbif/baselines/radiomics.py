@@ -193,6 +193,7 @@ def extract_exam(
     seg: np.ndarray | None,
     spacing: Sequence[float],
     extractors: tuple[Any, Any],
+    margin: int = 5,
 ) -> dict[str, Any]:
     """Features of one exam: ``{"reason": "", "tumour_voxels": n, <features>}`` or a reason and no features.
 
@@ -202,6 +203,11 @@ def extract_exam(
         seg: ``[X, Y, Z]`` labels, or None when the exam has no segmentation.
         spacing: voxel size in mm.
         extractors: from :func:`_extractors`.
+        margin: voxels kept around the tumour's bounding box (pyradiomics' ``padDistance``).
+
+    The volumes are cropped to the tumour's bounding box plus ``margin`` before pyradiomics sees
+    them (as its ``preCrop``): features are computed inside the mask, so this changes no value of
+    the original image and halves the time at 96^3 (the mask checks scan the whole volume).
     """
     if seg is None:
         return {"reason": "no tumour segmentation (the manifest gives no seg for this exam)", "tumour_voxels": 0}
@@ -210,6 +216,11 @@ def extract_exam(
     if voxels == 0:
         return {"reason": "the tumour segmentation is empty (no voxel above 0)", "tumour_voxels": 0}
     shape_ex, texture_ex = extractors
+    corners = np.argwhere(tumour)
+    box = tuple(
+        slice(max(lo - margin, 0), hi + margin + 1) for lo, hi in zip(corners.min(0), corners.max(0), strict=True)
+    )
+    tumour = tumour[box]
     mask = sitk_image(tumour.astype(np.uint8), spacing)
     features: dict[str, Any] = {"reason": "", "tumour_voxels": voxels}
     try:
@@ -217,7 +228,7 @@ def extract_exam(
             features |= _values(shape_ex.execute(sitk_image(tumour.astype(np.float32), spacing), mask))
         for k, sequence in enumerate(SEQUENCES):
             if present[k] and texture_ex is not None:
-                result = texture_ex.execute(sitk_image(np.asarray(image[k], dtype=np.float32), spacing), mask)
+                result = texture_ex.execute(sitk_image(np.asarray(image[k][box], dtype=np.float32), spacing), mask)
                 features |= _values(result, prefix=f"{sequence}_")
     except ValueError as err:  # pyradiomics' mask checks (tumour too small, too flat)
         return {"reason": f"pyradiomics refused the tumour mask: {err}", "tumour_voxels": voxels}
@@ -302,11 +313,13 @@ def extract_features(
     current = dict(zip(stored.index, stored["source"], strict=True))
     todo = [i for i, entry in enumerate(dataset.entries) if current.get(entry["exam_id"]) != _source(entry)]
     extractors = _extractors(params) if todo else (None, None)
+    margin = int(params.get("setting", {}).get("padDistance", 5))
     rows: list[dict[str, Any]] = []
     for done, i in enumerate(todo, 1):
         item, entry = dataset[i], dataset.entries[i]
         seg = item["seg"].numpy() if entry["has_seg"] else None
-        features = extract_exam(item["image"].numpy(), item["present"].numpy(), seg, entry["spacing"], extractors)
+        image, present = item["image"].numpy(), item["present"].numpy()
+        features = extract_exam(image, present, seg, entry["spacing"], extractors, margin)
         rows.append({"exam_id": entry["exam_id"], "source": _source(entry), **features})
         if done % checkpoint_every == 0 or done == len(todo):
             stored, rows = _merge(stored, rows), []
