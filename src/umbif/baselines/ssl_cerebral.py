@@ -15,9 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from umbif.data.cache import read_index
-from umbif.models.io import save_encoder
-from umbif.models.umbif import UMBIFPretrainer
-from umbif.train.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint
+from umbif.train.checkpoint import latest_checkpoint
+from umbif.train.export import export_encoder
 from umbif.train.pretrain import PretrainConfig, pretrain
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,4 @@ def pretrain_cerebral(
         cache_dir, run_dir, config, exam_ids, resume=latest_checkpoint(run_dir) is not None, on_step=on_step
     )
     log.info("SSL-Cerebral: %d exams with a tumour, %d skipped", result["exams"], result["skipped_without_tumour"])
-    folder = resolve_checkpoint(run_dir)
-    model = UMBIFPretrainer(config.model)
-    load_checkpoint(folder, model, restore_rng=False)
-    return save_encoder(model.encoder, config.model, out_dir / ENCODER_DIR)
+    return export_encoder(run_dir, out_dir / ENCODER_DIR)[0]
