@@ -155,3 +155,26 @@ def test_cli_evaluate(cohort: TinyCohort, tmp_path: Path) -> None:
     args = ["evaluate", str(cohort.manifest_path), "--cache", str(cohort.cache), "--encoder", str(cohort.encoder)]
     bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x"), "--tasks", "grade"])
     assert bad.exit_code == 1 and "unknown task 'grade'" in bad.output
+
+
+@dataclass
+class Partial(Recorder):
+    """A method that cannot score patient P000 (like radiomics without a tumour mask)."""
+
+    name: str = "partial"
+
+    def usable_samples(self, samples: dict) -> tuple[dict, list[str]]:
+        kept = {t: f[f["patient_id"] != "P000"].reset_index(drop=True) for t, f in samples.items()}
+        return kept, ["P000 has no tumour mask"]
+
+
+def test_a_method_can_score_fewer_samples(cohort: TinyCohort, tmp_path: Path) -> None:
+    from umbif.eval.evaluate import MethodSpec, run_evaluation
+
+    config = EvaluateConfig(tasks=("idh",), folds=3, loso=False, n_bootstrap=50)
+    stages: list[str] = []
+    specs = [MethodSpec("partial", lambda ctx: Partial()), MethodSpec("recorder", lambda ctx: Recorder())]
+    document = run_evaluation(cohort.manifest.table, cohort.cache, tmp_path, specs, config, on_stage=stages.append)
+    n = {r["method"]: r["n_samples"] for r in document["results"]}
+    assert n == {"partial": 23, "recorder": 24}
+    assert "note: P000 has no tumour mask" in stages

@@ -508,6 +508,10 @@ class RadiomicsMethod:
             f"{MODEL_NAMES[self.model]}, inner-CV model selection"
         )
 
+    def usable_samples(self, samples: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], list[str]]:
+        """The samples this method can score (see :func:`usable_samples`); ``run_evaluation`` asks for them."""
+        return usable_samples(samples, self.features_table)
+
     @property
     def settings(self) -> dict[str, Any]:
         """What to save with the predictions (``run_method(settings=...)``)."""

@@ -38,7 +38,12 @@ Scores = dict[str, tuple[np.ndarray, float]]  # task -> (test scores aligned wit
 
 
 class Method(Protocol):
-    """What ``run_method`` needs from an adaptation method or a baseline."""
+    """What ``run_method`` needs from an adaptation method or a baseline.
+
+    A method that cannot score every sample (radiomics needs a segmented tumour) may also have
+    ``usable_samples(samples) -> (samples, notes)``; it is then scored on those samples only, and
+    compared with other methods on the samples both scored.
+    """
 
     name: str
     description: str
@@ -390,9 +395,14 @@ def run_evaluation(
             continue
         started = time.perf_counter()
         method = spec.build(ctx)
+        samples = cohort.samples
+        if hasattr(method, "usable_samples"):  # e.g. radiomics needs a segmented tumour
+            samples, notes = method.usable_samples(samples)
+            for note in notes:
+                stage(f"note: {note}")
         stage(f"{spec.name}: cross-validation")
         prepared = time.perf_counter() - started
-        run_method(method, cohort.samples, splits, run_dir, schemes, settings, on_progress, prepared)
+        run_method(method, samples, splits, run_dir, schemes, settings, on_progress, prepared)
     stage("metrics with patient-level bootstrap CIs")
     cards = {n: c for n, c in finished_methods(run_dir).items() if n in names}
     predictions = all_predictions(run_dir, list(cards))
