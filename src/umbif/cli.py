@@ -631,6 +631,9 @@ def pretrain(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     amp: Annotated[str | None, typer.Option(help="auto (bf16 where supported), bf16 or off.")] = None,
+    crop: Annotated[
+        str | None, typer.Option(help="random (default) or tumour: crops centred on the segmented tumour.")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its latest checkpoint.")] = False,
 ) -> None:
     """Pretrain UMBIF self-supervised: masked reconstruction + contrastive (hybrid objective).
@@ -655,7 +658,7 @@ def pretrain(
             model = {k: v for k, v in model.items() if k not in sizes} | {"preset": preset}
         if objective is not None:
             model["objective"] = objective
-        given = {"total_steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "amp": amp}
+        given = {"total_steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "amp": amp, "crop": crop}
         settings.update({k: v for k, v in given.items() if v is not None}, model=model)
         if steps is not None and "warmup_steps" not in settings:
             settings["warmup_steps"] = max(1, min(100, steps // 10))

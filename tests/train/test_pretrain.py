@@ -151,3 +151,16 @@ def test_cli_options_win_over_the_yaml_and_derive_the_warm_up(cache: Path, tmp_p
     preset = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "preset"), "--preset", "tiny"])
     assert preset.exit_code == 0, preset.output
     assert "encoder 96 wide" in preset.output
+
+
+def test_cli_crop_option(cache: Path, tmp_path: Path) -> None:
+    """--crop reaches the config: an unknown mode is refused, tumour crops are named in the description."""
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("model:\n  image_size: [32, 32, 32]\n  patch_size: 8\n  dim: 48\n  heads: 2\n")
+    base = ["pretrain", str(cache / "synth" / "manifest.csv"), "--cache", str(cache / "cache"), "--config",
+            str(yaml_file), "--steps", "1", "--batch-size", "2", "--out", str(tmp_path / "run")]  # fmt: skip
+    bad = CliRunner().invoke(app, [*base, "--crop", "sideways"])
+    assert bad.exit_code == 1 and "bad settings" in bad.output and "crop" in bad.output
+    tumour = CliRunner().invoke(app, [*base, "--crop", "tumour"])
+    assert tumour.exit_code == 0, tumour.output
+    assert "tumour" in tumour.output
