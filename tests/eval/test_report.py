@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from handmade_metrics import handmade_metrics
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -116,6 +118,31 @@ def _check_yardsticks(cells: list[dict[str, Any]], document: dict[str, Any]) -> 
 
 
 # --------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def metrics_template() -> dict[str, Any]:
+    """The realistic metrics document, built once per session; do not change it (use ``metrics_doc``)."""
+    return handmade_metrics()
+
+
+@pytest.fixture
+def metrics_doc(metrics_template: dict[str, Any]) -> dict[str, Any]:
+    """A fresh copy of the realistic metrics document (tests may change it)."""
+    return copy.deepcopy(metrics_template)
+
+
+@pytest.fixture
+def save_metrics(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
+    """Factory: ``save_metrics(document)`` writes ``tmp_path/run/metrics.json`` and returns the run folder."""
+
+    def _write(document: dict[str, Any], name: str = "run") -> Path:
+        run_dir = tmp_path / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False))
+        return run_dir
+
+    return _write
+
+
 @pytest.fixture(scope="module")
 def report(metrics_template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The report of the realistic document, written once for the read-only tests of this module."""
@@ -351,10 +378,10 @@ def test_empty_results_and_minimal_document(tmp_path: Path) -> None:
         (lambda d: d["results"][3]["metrics"]["auc"].update(value="0.8"), ValueError, "auc.value is '0.8'"),
     ],
 )
-def test_bad_documents_are_refused(metrics_doc: dict[str, Any], write_metrics, change, error, match) -> None:
+def test_bad_documents_are_refused(metrics_doc: dict[str, Any], save_metrics, change, error, match) -> None:
     change(metrics_doc)
     with pytest.raises(error, match=match):
-        write_report(write_metrics(metrics_doc))
+        write_report(save_metrics(metrics_doc))
 
 
 def test_missing_or_broken_metrics_file(tmp_path: Path) -> None:
@@ -371,8 +398,8 @@ def _invoke(*args: str):
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
 
 
-def test_cli_writes_report_and_prints_paths(metrics_doc: dict[str, Any], write_metrics) -> None:
-    run_dir = write_metrics(_subset(metrics_doc, lambda r: r["task"] == "idh"))
+def test_cli_writes_report_and_prints_paths(metrics_doc: dict[str, Any], save_metrics) -> None:
+    run_dir = save_metrics(_subset(metrics_doc, lambda r: r["task"] == "idh"))
     result = _invoke("report", str(run_dir))
     assert result.exit_code == 0, result.output
     printed = [Path(line) for line in result.stdout.splitlines()]

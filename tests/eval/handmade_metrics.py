@@ -5,14 +5,9 @@ positives, a method without a recorded wall time)."""
 
 from __future__ import annotations
 
-import copy
-import json
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from scipy.stats import norm
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score, roc_curve
 
@@ -139,28 +134,3 @@ def handmade_metrics() -> dict[str, Any]:
         "reference_method": "umbif-probe",
         "results": results,
     }
-
-
-@pytest.fixture(scope="session")
-def metrics_template() -> dict[str, Any]:
-    """The realistic metrics document, built once per session; do not change it (use ``metrics_doc``)."""
-    return handmade_metrics()
-
-
-@pytest.fixture
-def metrics_doc(metrics_template: dict[str, Any]) -> dict[str, Any]:
-    """A fresh copy of the realistic metrics document (tests may change it)."""
-    return copy.deepcopy(metrics_template)
-
-
-@pytest.fixture
-def write_metrics(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
-    """Factory: ``write_metrics(document)`` writes ``tmp_path/run/metrics.json`` and returns the run folder."""
-
-    def _write(document: dict[str, Any], name: str = "run") -> Path:
-        run_dir = tmp_path / name
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False))
-        return run_dir
-
-    return _write
