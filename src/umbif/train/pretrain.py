@@ -32,7 +32,14 @@ from umbif.models.umbif import ModelConfig, UMBIFPretrainer, count_parameters
 from umbif.provenance import provenance
 from umbif.train.augment import AugmentConfig, augment, two_views
 from umbif.train.checkpoint import DEFAULT_IGNORE, latest_checkpoint, load_checkpoint, save_checkpoint
-from umbif.train.distributed import DistInfo, all_gather_with_grad, init_distributed, make_loader, reduce_mean
+from umbif.train.distributed import (
+    DistInfo,
+    all_gather_with_grad,
+    cleanup,
+    init_distributed,
+    make_loader,
+    reduce_mean,
+)
 from umbif.train.logging import MetricsLogger
 from umbif.train.schedule import warmup_cosine
 from umbif.utils import write_text_atomic
@@ -307,6 +314,9 @@ def pretrain(
         if is_main and on_step is not None:
             on_step(step, config.total_steps, last)
     logger.close()
+    if info.world_size > 1:  # DDP: leave together, after rank 0's last preview; a live group at exit can abort
+        dist.barrier()
+        cleanup()
     done = {**last, "step": step, "seconds": time.time() - start, "run_dir": str(run_dir), "exams": len(dataset)}
     return done | ({"skipped_without_tumour": skipped} if centres is not None else {})
 
