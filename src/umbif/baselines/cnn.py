@@ -8,7 +8,7 @@ The same inputs, folds, labels and training loop as UMBIF fine-tuning, only the 
   unmistakable (a present sequence is z-scored, unit variance inside the brain), and extra constant channels
   would only widen the first convolution.
 - **Network.** ``monai.networks.nets.resnet18`` (stem stride 2 as in He et al.'s ResNet: MONAI's default stride 1
-  runs the 7^3 stem at full resolution, measured ~3x slower for no published benefit) or ``DenseNet121``, both
+  runs the 7^3 stem at full resolution, a training step measured ~5x slower at 32^3) or ``DenseNet121``, both
   with global average pooling and no classifier: a feature vector per exam (512 or 1024 at ``width`` 1).
 - **Heads.** :class:`CNNEncoder` gives :class:`umbif.models.heads.MultiTaskModel` one token per exam, its
   features, so the multi-task linear heads, the masked labels and the pairs are UMBIF's: the outcome head sees
@@ -59,6 +59,9 @@ class CNNConfig(TrainConfig):
     input_size: int | tuple[int, int, int] | None = None  # edge (or shape) the cache grid is resampled to; None: as is
     width: float = 1.0  # channel multiplier (ResNet widen_factor; DenseNet init features and growth rate); 1 = standard
     lr: float = 1e-3  # peak learning rate, every layer alike: nothing pretrained to protect
+    # from scratch the validation loss often rises for several epochs before it falls (batch-norm running
+    # statistics lag the weights): on the synthetic cohort the best epoch stayed 1 until epoch 14
+    patience: int = 10
 
     @model_validator(mode="after")
     def _check_cnn(self) -> CNNConfig:
