@@ -85,7 +85,7 @@ def benchmark(
 @app.command("demo")
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo makes.")] = Path("work/demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="Smallest run (~3 minutes on 2 CPU cores).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Smallest run: a smoke test (about a minute).")] = False,
     full: Annotated[bool, typer.Option("--full", help="A larger run, meant for a GPU.")] = False,
     workers: Annotated[int, typer.Option(help="Processes for generating and preprocessing.")] = 2,
 ) -> None:
@@ -94,7 +94,7 @@ def demo(
     Generates a synthetic multi-site glioma cohort, preprocesses it, pretrains UMBIF (hybrid) and
     its ablations plus the SSL-ImageNet and SSL-Cerebral baselines at a small size, adapts and
     evaluates every method (UMBIF probe and fine-tune, radiomics + classical ML, a 3D CNN from
-    scratch) on the same patient-level folds, and writes OUT/benchmark/report/report.html. About 15
+    scratch) on the same patient-level folds, and writes OUT/benchmark/report/report.html. 15-25
     minutes on 2 CPU cores; rerunning reuses every finished stage.
     """
     from umbif.demo import profile, run_demo
