@@ -73,6 +73,8 @@ def _worker(rank: int, port: int) -> None:
         for p, q in zip(model.parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(reduce_mean(loss), reference_loss.detach())
+        del ddp  # its reducer holds the group: release it, then leave together (gloo can abort a rank that exits early)
+        torch.distributed.barrier()
     finally:
         cleanup()
 
