@@ -10,7 +10,7 @@ Stages (each reuses what an earlier run finished, so a rerun or a resumed run is
     benchmark    every method on the same patient-level folds          OUT/benchmark/ (report/report.html)
 
 Profiles trade size for time: ``quick`` (about a minute on 2 CPU cores; a smoke test), ``default``
-(15-25 minutes on 2 CPU cores; 26 measured beside other jobs), ``full`` (a larger run for a GPU).
+(9 minutes measured on an idle 2-core CPU), ``full`` (a larger run for a GPU).
 The numbers of a CPU demo come from small, briefly pretrained models; they show the pipeline and
 the comparison, not what a fully pretrained UMBIF reaches.
 """

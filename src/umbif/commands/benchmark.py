@@ -94,7 +94,7 @@ def demo(
     Generates a synthetic multi-site glioma cohort, preprocesses it, pretrains UMBIF (hybrid) and
     its ablations plus the SSL-ImageNet and SSL-Cerebral baselines at a small size, adapts and
     evaluates every method (UMBIF probe and fine-tune, radiomics + classical ML, a 3D CNN from
-    scratch) on the same patient-level folds, and writes OUT/benchmark/report/report.html. 15-25
+    scratch) on the same patient-level folds, and writes OUT/benchmark/report/report.html. About 9
     minutes on 2 CPU cores; rerunning reuses every finished stage.
     """
     from umbif.demo import profile, run_demo
