@@ -48,6 +48,12 @@ def test_another_image_size_reuses_the_weights(tmp_path):
     assert loaded(torch.randn(1, 4, 48, 32, 32), PRESENT[:1]).shape == (1, 32)
 
 
+def test_a_grid_the_patches_do_not_tile_is_named(tmp_path):
+    save_encoder(UMBIFEncoder(CONFIG), CONFIG, tmp_path)
+    with pytest.raises(ValueError, match=r"cannot run on the grid \(36, 32, 32\)"):
+        load_encoder(tmp_path, image_size=(36, 32, 32))
+
+
 @pytest.mark.parametrize("prefix", ["module.", "backbone.", "encoder.", "model.", "module.encoder.", "_orig_mod."])
 def test_wrapper_prefixes_are_stripped(tmp_path, prefix):
     original = encoder(seed=1)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from umbif.data.cache import read_index
+from umbif.data.cache import read_index, read_plan
 from umbif.data.datasets import CacheDataset
 from umbif.models.io import ENCODER_FILE, load_encoder
 from umbif.utils import atomic_write, sha256_file, write_text_atomic
@@ -54,8 +54,7 @@ def encoder_fingerprint(encoder_dir: str | Path) -> str:
 
 def cache_grid(cache_dir: str | Path) -> tuple[int, int, int]:
     """The voxel grid of every exam in a cache (its plan's ``shape``)."""
-    plan = json.loads((Path(cache_dir) / "plan.json").read_text())
-    x, y, z = plan["preprocess"]["shape"]
+    x, y, z = read_plan(cache_dir)["preprocess"]["shape"]
     return int(x), int(y), int(z)
 
 

@@ -7,7 +7,6 @@ cross-validated predictions (a threshold read off the model's own fit would be o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,18 +179,16 @@ def fit_classifier(
     Returns a summary: per task ``n_train``, ``C``, ``inner_auc``, ``threshold``; ``notes`` on what
     was left out. The embeddings are stored in ``out_dir/embeddings/`` (reused on a rerun).
     """
-    from umbif.data.cache import read_index
-    from umbif.eval.evaluate import build_cohort
+    from umbif.data.cache import read_index, read_plan
+    from umbif.eval.evaluate import build_cohort, exams_of
     from umbif.models.io import load_encoder
     from umbif.provenance import provenance
 
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     cached = {e["exam_id"] for e in read_index(cache_dir)["exams"]}
     cohort = build_cohort(table, cached, tasks, min_per_class)
-    needed = sorted({e for f in cohort.samples.values() for e in (*f["exam_id"], *f["baseline_exam_id"]) if e})
-    embeddings = embed_exams(
-        encoder_dir, cache_dir, needed, store_dir=out_dir, batch_size=batch_size, on_progress=on_progress
-    )
+    needed = exams_of(cohort.samples)
+    embeddings = embed_exams(encoder_dir, cache_dir, needed, out_dir, batch_size, on_progress=on_progress)
     heads, summary = {}, {}
     for task, frame in cohort.samples.items():
         probe = LinearProbe(inner_folds=inner_folds, seed=seed)
@@ -215,7 +212,7 @@ def fit_classifier(
         }
     grid = cache_grid(cache_dir)
     encoder = load_encoder(encoder_dir, image_size=grid)
-    plan = json.loads((cache_dir / "plan.json").read_text())["preprocess"]
+    plan = read_plan(cache_dir)["preprocess"]
     settings = {
         "tasks": list(cohort.samples),
         "seed": seed,

@@ -64,6 +64,7 @@ from umbif import SEQUENCES
 from umbif.adapt.classifier import pair_features
 from umbif.adapt.probe import inner_splits
 from umbif.config import read_yaml
+from umbif.data.cache import read_plan
 from umbif.data.datasets import CacheDataset
 from umbif.eval.metrics import choose_threshold
 from umbif.eval.tasks import PAIRED_TASKS
@@ -146,10 +147,7 @@ def feature_fingerprint(params: dict[str, Any], cache_dir: str | Path) -> str:
     import_pyradiomics()  # ImportError with the install commands
     import radiomics
 
-    plan_path = Path(cache_dir) / "plan.json"
-    if not plan_path.is_file():
-        raise FileNotFoundError(f"{plan_path} does not exist; run `umbif preprocess MANIFEST --out {cache_dir}` first")
-    plan = json.loads(plan_path.read_text())["plan_fingerprint"]
+    plan = read_plan(cache_dir)["plan_fingerprint"]
     blob = json.dumps([params, plan, radiomics.__version__, FEATURES_VERSION], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -305,7 +303,7 @@ def extract_features(
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     key = feature_fingerprint(params, cache_dir)
     path = out_dir / "radiomics" / f"{key}.parquet"
-    note = {"fingerprint": key, "settings": params, "plan": json.loads((cache_dir / "plan.json").read_text())}
+    note = {"fingerprint": key, "settings": params, "plan": read_plan(cache_dir)}
     write_text_atomic(path.with_suffix(".json"), json.dumps(note, indent=2, default=str) + "\n")
     exam_ids = list(dict.fromkeys(exam_ids))
     dataset = CacheDataset(cache_dir, exam_ids, dtype=torch.float32, masks=True)

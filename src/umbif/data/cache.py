@@ -309,7 +309,7 @@ def build_index(cache_dir: str | Path) -> dict[str, Any]:
     Only entries made with the current plan (``plan.json``) enter the index.
     """
     cache_dir = Path(cache_dir)
-    plan = json.loads((cache_dir / "plan.json").read_text())["plan_fingerprint"]
+    plan = read_plan(cache_dir)["plan_fingerprint"]
     entries, failures = [], []
     for path in sorted((cache_dir / EXAMS_DIR).glob("*.json")):
         try:
@@ -330,11 +330,21 @@ def build_index(cache_dir: str | Path) -> dict[str, Any]:
     return index
 
 
-def read_index(cache_dir: str | Path) -> dict[str, Any]:
-    path = Path(cache_dir) / "index.json"
+def _read_json(cache_dir: str | Path, name: str) -> dict[str, Any]:
+    path = Path(cache_dir) / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `umbif preprocess MANIFEST --out {cache_dir}` first")
     return json.loads(path.read_text())
+
+
+def read_index(cache_dir: str | Path) -> dict[str, Any]:
+    """The cache's ``index.json``: the plan fingerprint and one entry per cached exam."""
+    return _read_json(cache_dir, "index.json")
+
+
+def read_plan(cache_dir: str | Path) -> dict[str, Any]:
+    """The cache's ``plan.json``: ``plan_fingerprint``, ``preprocess`` (the PreprocessConfig), versions."""
+    return _read_json(cache_dir, "plan.json")
 
 
 def verify_entry(cache_dir: str | Path, entry: dict[str, Any]) -> None:
@@ -364,7 +374,7 @@ def describe(cache_dir: str | Path, verify: bool = False) -> dict[str, Any]:
     size; with ``verify``, the exams whose files no longer match their checksums."""
     cache_dir = Path(cache_dir)
     index = read_index(cache_dir)
-    plan = json.loads((cache_dir / "plan.json").read_text())
+    plan = read_plan(cache_dir)
     quarantine = cache_dir / "quarantine.csv"
     failed = list(csv.DictReader(quarantine.open())) if quarantine.is_file() else []
     corrupt = []

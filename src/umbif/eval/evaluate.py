@@ -95,6 +95,11 @@ def build_cohort(table: pd.DataFrame, cached: set[str], tasks: Iterable[str], mi
     return Cohort(samples, notes)
 
 
+def exams_of(samples: dict[str, pd.DataFrame]) -> list[str]:
+    """Every exam the samples of all tasks need (follow-ups and baselines), sorted."""
+    return sorted({e for f in samples.values() for e in (*f["exam_id"], *f["baseline_exam_id"]) if e})
+
+
 def prepare_splits(run_dir: Path, cohort: Cohort, config: EvaluateConfig, splits_path: Path | None) -> dict:
     """Reuse ``splits_path`` or ``RUN/splits.json`` when given or present, else make and save new splits."""
     target = run_dir / "splits.json"
@@ -284,8 +289,7 @@ class Context:
 
     def exam_ids(self) -> list[str]:
         """Every exam a sample needs (follow-ups and baselines), sorted."""
-        frames = self.cohort.samples.values()
-        return sorted({e for f in frames for e in (*f["exam_id"], *f["baseline_exam_id"]) if e})
+        return exams_of(self.cohort.samples)
 
 
 @dataclass

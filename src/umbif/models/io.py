@@ -103,7 +103,10 @@ def load_encoder(
     state, metadata = read_safetensors(weights)
     config = config or _stored_config(weights, metadata)
     if image_size is not None:
-        config = ModelConfig.model_validate({**config.to_dict(), "image_size": tuple(image_size)})
+        try:
+            config = ModelConfig.model_validate({**config.to_dict(), "image_size": tuple(image_size)})
+        except ValueError as err:
+            raise ValueError(f"{path}: the encoder cannot run on the grid {tuple(image_size)} ({err})") from err
     encoder = UMBIFEncoder(config)
     load_state_tolerant(encoder, state, strict=strict)
     return encoder.to(device).eval()

@@ -41,8 +41,9 @@ from pydantic import model_validator
 from torch.utils.data import DataLoader, Dataset
 
 from umbif.adapt import classifier
+from umbif.adapt.embed import pick_device
 from umbif.config import FrozenConfig
-from umbif.data.cache import read_index
+from umbif.data.cache import read_index, read_plan
 from umbif.data.datasets import CacheDataset
 from umbif.data.manifest import LABELS
 from umbif.eval.metrics import choose_threshold, roc_auc
@@ -407,31 +408,6 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return _pretrain_autocast(setting, device)
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _cache_plan(cache_dir: Path) -> dict[str, Any]:
-    path = cache_dir / "plan.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `umbif preprocess MANIFEST --out {cache_dir}` first")
-    return json.loads(path.read_text())["preprocess"]
-
-
-def _load_encoder_on_grid(encoder_dir: str | Path, grid: tuple[int, int, int]) -> tuple[UMBIFEncoder, ModelConfig]:
-    """The exported encoder rebuilt for ``grid`` (fixed sin-cos positions: the weights fit any grid)."""
-    stored = load_encoder(encoder_dir)
-    try:
-        config = ModelConfig.model_validate({**stored.config.to_dict(), "image_size": grid})
-    except ValueError as err:
-        raise ValueError(f"{encoder_dir}: the encoder cannot run on the cache grid {grid} ({err})") from err
-    encoder = UMBIFEncoder(config)
-    encoder.load_state_dict(stored.state_dict())
-    return encoder, config
-
-
 def _cache_dataset(cache_dir: Path, items: Items) -> CacheDataset:
     needed = sorted(set(items.exam_ids) | {b for b in items.baseline_ids if b})
     cached = {entry["exam_id"] for entry in read_index(cache_dir)["exams"]}
@@ -567,7 +543,7 @@ def fit_multitask(
         >>> result = fit_multitask(build, lambda m: param_groups(m, 1e-3, 0.75, 0.05), "cache", tables, config)
     """
     cache_dir = Path(cache_dir)
-    dev = _device(device)
+    dev = pick_device(device)
     tasks = tuple(check_task(t) for t in train)
     if not tasks:
         raise ValueError("no task to train: train is empty")
@@ -582,7 +558,7 @@ def fit_multitask(
     items = build_items(kept, tasks)
     dropped = sorted({str(p) for table in train.values() for p in table["patient_id"]} & excluded)
 
-    preprocess = _cache_plan(cache_dir)
+    preprocess = read_plan(cache_dir)["preprocess"]
     grid = tuple(int(n) for n in preprocess["shape"])
     cache = _cache_dataset(cache_dir, items)
     seed_everything(config.seed)
@@ -651,7 +627,7 @@ def finetune(
     settings = config or FinetuneConfig()
 
     def build(tasks: tuple[str, ...], grid: tuple[int, int, int]) -> MultiTaskModel:
-        encoder, _ = _load_encoder_on_grid(encoder_dir, grid)
+        encoder = load_encoder(encoder_dir, image_size=grid)  # fixed sin-cos positions: the weights fit any grid
         return build_model(encoder, tasks, settings)
 
     def groups(model: MultiTaskModel) -> list[dict[str, Any]]:
@@ -755,7 +731,7 @@ def predict(
     Returns:
         task -> ``[n_rows]`` float64 scores aligned with ``tables[task]``.
     """
-    dev = _device(device)
+    dev = pick_device(device)
     items = build_items(tables, finetuned.tasks, with_labels=False)
     if not len(items):
         return {task: np.zeros(0) for task in tables}
