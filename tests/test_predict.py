@@ -17,7 +17,14 @@ from scipy.special import expit
 from typer.testing import CliRunner
 
 from conftest import AFFINES, brain_phantom, save_nifti
-from umbif.adapt.classifier import HEADS_FILE, LinearHead, TaskHead, load_classifier, pair_features, save_classifier
+from umbif.adapt.classifier import (
+    HEADS_FILE,
+    SavedLinearHead,
+    SavedTaskHead,
+    load_classifier,
+    pair_array,
+    save_classifier,
+)
 from umbif.cli import app
 from umbif.config import PreprocessConfig
 from umbif.data.cache import run_preprocess
@@ -35,11 +42,11 @@ PREPROCESS = PreprocessConfig(shape=(32, 32, 32))
 EXAMS = {"e1": ("t1", "t1c", "t2", "flair"), "base": ("t1", "t1c", "t2", "flair"), "partial": ("t1", "flair")}
 
 
-def _head(features: int, seed: int, inputs: str, threshold: float, positive: str, negative: str) -> TaskHead:
+def _head(features: int, seed: int, inputs: str, threshold: float, positive: str, negative: str) -> SavedTaskHead:
     rng = np.random.default_rng(seed)
     weight = rng.normal(size=features) / np.sqrt(features)  # logits of order 1: probabilities far from 0 and 1
-    head = LinearHead(weight, 0.2, rng.normal(0, 0.1, features), rng.uniform(0.5, 1.5, features))
-    return TaskHead(head, inputs, threshold, positive, negative, n_train=30, threshold_rule="youden")  # type: ignore[arg-type]
+    head = SavedLinearHead(weight, 0.2, rng.normal(0, 0.1, features), rng.uniform(0.5, 1.5, features))
+    return SavedTaskHead(head, inputs, threshold, positive, negative, n_train=30, threshold_rule="youden")  # type: ignore[arg-type]
 
 
 def _save(folder: Path, config: ModelConfig, preprocess: PreprocessConfig, dim: int) -> Path:
@@ -114,7 +121,7 @@ def test_probabilities_equal_the_training_path(setup: dict, tmp_path: Path) -> N
 def test_pair_task_uses_the_baseline(setup: dict) -> None:
     result = predict_exam(setup["model"], setup["data"] / "e1", baseline=setup["data"] / "base", saliency=False)
     ref = setup["reference"]
-    expected = _expected(setup, "outcome", pair_features(ref["base"], ref["e1"]))
+    expected = _expected(setup, "outcome", pair_array(ref["base"], ref["e1"]))
     assert result["tasks"]["outcome"]["probability"] == pytest.approx(expected, abs=1e-6)
     assert result["tasks"]["outcome"]["label"] == ("progression" if expected >= 0.5 else "treatment_effect")
     # exam tasks still read the follow-up only
@@ -152,7 +159,7 @@ def test_occlusion_maps_equal_a_brute_force_loop(setup: dict) -> None:
         with torch.no_grad():
             hidden = clf.encoder(image[None], exam.present[None]).numpy()
             full = clf.encoder(exam.image[None], exam.present[None]).numpy()
-        for task, features in (("idh", lambda x: x), ("outcome", lambda x: pair_features(baseline, x))):
+        for task, features in (("idh", lambda x: x), ("outcome", lambda x: pair_array(baseline, x))):
             drop = _logit(setup, task, features(full)) - _logit(setup, task, features(hidden))
             assert maps[task][cell] == pytest.approx(drop, abs=1e-4), (task, cell)
     assert maps["idh"][0, 0, 0] == 0.0  # a corner patch of background: nothing to hide, exactly 0

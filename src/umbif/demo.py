@@ -156,18 +156,6 @@ class Stages:
         return result
 
 
-def _encoders_needed(methods: tuple[str, ...]) -> list[str]:
-    from umbif.benchmark import ADAPTATIONS, BASELINES
-
-    names = []
-    for method in methods:
-        if method not in BASELINES:
-            encoder, _, adaptation = method.rpartition("-")
-            if adaptation in ADAPTATIONS and encoder not in names:
-                names.append(encoder)
-    return names
-
-
 def _pretrain_config(p: DemoProfile, objective: str, steps: int, image_size: tuple[int, int, int]) -> Any:
     from umbif.train.pretrain import PretrainConfig
 
@@ -196,12 +184,12 @@ def run_demo(
     Example:
         >>> run_demo("work/demo", profile("quick"))                                     # doctest: +SKIP
     """
-    from umbif.benchmark import benchmark
     from umbif.config import PreprocessConfig, SynthConfig
-    from umbif.data.cache import read_index, run_preprocess
+    from umbif.data.cache import Cache, run_preprocess
     from umbif.data.manifest import Manifest
     from umbif.data.synthetic.generate import generate
     from umbif.eval.evaluate import EvaluateConfig
+    from umbif.eval.methods import benchmark, encoders_of
 
     p = settings or profile()
     out_dir = Path(out_dir)
@@ -229,9 +217,9 @@ def run_demo(
             raise RuntimeError(f"{len(report.failures)} exams failed to preprocess; see {out_dir / 'cache'}")
 
     stages.run("preprocess", plan.fingerprint(), f"2/4 preprocess to {p.spacing:g} mm, {p.shape} voxels", preprocess)
-    cached = [e["exam_id"] for e in read_index(out_dir / "cache")["exams"]]
+    cached = Cache(out_dir / "cache").exam_ids
     encoders = {}
-    for name in _encoders_needed(p.methods):
+    for name in encoders_of(p.methods):
         encoders[name] = out_dir / "models" / name
         _pretrain_encoder(name, p, out_dir, manifest, cached, stages, on_progress)
     evaluate_config = EvaluateConfig(folds=p.folds, loso=p.loso, seed=p.seed, n_bootstrap=p.n_bootstrap)
@@ -266,7 +254,7 @@ def _cnn_settings(p: DemoProfile) -> dict[str, Any]:
 
 
 def _finetune_config(p: DemoProfile) -> Any:
-    from umbif.train.finetune import FinetuneConfig
+    from umbif.adapt.finetune import FinetuneConfig
 
     return FinetuneConfig(epochs=p.finetune_epochs, patience=max(2, p.finetune_epochs // 3), seed=p.seed)
 

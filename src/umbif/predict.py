@@ -29,14 +29,14 @@ import torch
 from matplotlib.figure import Figure
 
 from umbif import SEQUENCES, __version__
-from umbif.adapt.classifier import Classifier, load_classifier, pair_features
+from umbif.adapt.classifier import Classifier, load_classifier, pair_array
 from umbif.data.io import write_nifti
 from umbif.data.manifest import Exam
 from umbif.data.preprocess import preprocess_exam
 from umbif.data.sequences import AliasTable, alias_table, assign_files, nifti_stem
 from umbif.models.umbif import patchify, unpatchify
 from umbif.utils import atomic_write, write_text_atomic
-from umbif.viz import _slice
+from umbif.viz import display_slice
 
 FORMAT = "umbif-prediction"
 FORMAT_VERSION = 1
@@ -175,7 +175,7 @@ def task_features(classifier: Classifier, task: str, embedding: np.ndarray, base
         return embedding
     if baseline is None:
         raise ValueError(f"task {task} reads a (baseline, follow-up) pair; give the baseline exam")
-    return pair_features(np.broadcast_to(baseline, embedding.shape), embedding)
+    return pair_array(np.broadcast_to(baseline, embedding.shape), embedding)
 
 
 @torch.inference_mode()
@@ -268,9 +268,9 @@ def plot_overlay(
     axes = fig.subplots(1, 3)
     for axis, (ax, view) in enumerate(zip(axes, ("sagittal", "coronal", "axial"), strict=True)):
         ax.set_facecolor("black")  # outside the image (exactly 0 after preprocessing) stays black
-        image = _slice(background, axis, centre[axis])
+        image = display_slice(background, axis, centre[axis])
         ax.imshow(np.ma.masked_where(image == 0, image), cmap="gray", vmin=-3, vmax=3)
-        heat = _slice(saliency, axis, centre[axis])
+        heat = display_slice(saliency, axis, centre[axis])
         shown = ax.imshow(
             np.ma.masked_where(heat == 0, heat),
             cmap="RdBu_r",
@@ -307,7 +307,7 @@ def predict_exam(
 ) -> dict[str, Any]:
     """Predict every task of a classifier for one exam (and, for pair tasks, its baseline exam).
 
-    Exam tasks are scored on ``exam``; pair tasks (e.g. outcome) on ``pair_features(baseline, exam)``
+    Exam tasks are scored on ``exam``; pair tasks (e.g. outcome) on ``pair_array(baseline, exam)``
     and are reported as not run, with the reason, without ``baseline``. A task is positive when its
     probability is at least its stored threshold.
 

@@ -14,7 +14,7 @@ from umbif.utils import atomic_write
 _VIEWS = ("sagittal", "coronal", "axial")
 
 
-def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+def display_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """A 2D slice of a RAS volume, turned so that up is superior (anterior in axial slices) and the
     patient's right is on the image's right (neurological convention, as nilearn draws)."""
     return np.rot90(np.take(volume, index, axis=axis))
@@ -48,10 +48,12 @@ def plot_exam(
     for row, name in enumerate(names):
         for col, view in enumerate(_VIEWS):
             ax = axes[row, col]
-            ax.imshow(_slice(image[row], col, centre[col]), cmap="gray", vmin=-3, vmax=3)
+            ax.imshow(display_slice(image[row], col, centre[col]), cmap="gray", vmin=-3, vmax=3)
             for overlay, colour in ((brain_mask, "cyan"), (seg, "red")):
                 if overlay is not None and overlay.any():
-                    ax.contour(_slice(overlay > 0, col, centre[col]), levels=[0.5], colors=colour, linewidths=0.6)
+                    ax.contour(
+                        display_slice(overlay > 0, col, centre[col]), levels=[0.5], colors=colour, linewidths=0.6
+                    )
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
@@ -80,7 +82,7 @@ def _axial_at(path: Path, world: np.ndarray) -> np.ndarray:
     data = np.asarray(image.dataobj, dtype=np.float32)
     voxel = np.linalg.inv(image.affine) @ np.append(world, 1.0)
     z = int(np.clip(np.round(voxel[2]), 0, data.shape[2] - 1))
-    return _slice(data, 2, z)
+    return display_slice(data, 2, z)
 
 
 def plot_synth_preview(manifest, kinds: Sequence[str], path: str | Path, count: int = 6) -> Path:
@@ -152,7 +154,7 @@ def plot_reconstruction(
         panels = (image[row], np.where(masked[row] > 0.5, np.nan, image[row]), reconstruction[row])
         for col, panel in enumerate(panels):
             ax = axes[row, col]
-            ax.imshow(_slice(panel, 2, z), cmap="gray", vmin=-3, vmax=3)
+            ax.imshow(display_slice(panel, 2, z), cmap="gray", vmin=-3, vmax=3)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_facecolor("black")

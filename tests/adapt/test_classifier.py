@@ -14,10 +14,10 @@ from scipy.special import expit
 from umbif.adapt.classifier import (
     CARD_FILE,
     HEADS_FILE,
-    LinearHead,
-    TaskHead,
+    SavedLinearHead,
+    SavedTaskHead,
     load_classifier,
-    pair_features,
+    pair_array,
     save_classifier,
 )
 from umbif.config import PreprocessConfig
@@ -27,14 +27,16 @@ CONFIG = ModelConfig(image_size=(32, 32, 32), patch_size=8, dim=48, depth=2, hea
 PREPROCESS = PreprocessConfig(shape=(32, 32, 32))
 
 
-def random_head(features: int, seed: int, inputs: str = "exam", threshold: float = 0.4) -> TaskHead:
+def random_head(features: int, seed: int, inputs: str = "exam", threshold: float = 0.4) -> SavedTaskHead:
     rng = np.random.default_rng(seed)
-    head = LinearHead(rng.normal(size=features), rng.normal(), rng.normal(size=features), rng.uniform(0.5, 2, features))
-    return TaskHead(head, inputs, threshold, "mutant", "wildtype", n_train=40, threshold_rule="youden")  # type: ignore[arg-type]
+    head = SavedLinearHead(
+        rng.normal(size=features), rng.normal(), rng.normal(size=features), rng.uniform(0.5, 2, features)
+    )
+    return SavedTaskHead(head, inputs, threshold, "mutant", "wildtype", n_train=40, threshold_rule="youden")  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def saved(tmp_path: Path) -> tuple[Path, UMBIFEncoder, dict[str, TaskHead]]:
+def saved(tmp_path: Path) -> tuple[Path, UMBIFEncoder, dict[str, SavedTaskHead]]:
     torch.manual_seed(0)
     encoder = UMBIFEncoder(CONFIG).eval()
     heads = {"idh": random_head(48, 1), "outcome": random_head(3 * 48, 2, "pair", 0.6)}
@@ -55,16 +57,16 @@ def test_linear_head_matches_a_brute_force_loop() -> None:
 
 def test_pair_features_are_baseline_followup_and_change() -> None:
     b, f = np.arange(6.0).reshape(2, 3), np.arange(6.0, 12.0).reshape(2, 3)
-    out = pair_features(b, f)
+    out = pair_array(b, f)
     assert out.shape == (2, 9)
     np.testing.assert_array_equal(out[:, :3], b)
     np.testing.assert_array_equal(out[:, 3:6], f)
     np.testing.assert_array_equal(out[:, 6:], f - b)
     with pytest.raises(ValueError, match=r"\[N, E\]"):
-        pair_features(b, f[:, :2])
+        pair_array(b, f[:, :2])
 
 
-def test_round_trip_gives_the_same_scores(saved: tuple[Path, UMBIFEncoder, dict[str, TaskHead]]) -> None:
+def test_round_trip_gives_the_same_scores(saved: tuple[Path, UMBIFEncoder, dict[str, SavedTaskHead]]) -> None:
     folder, encoder, heads = saved
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["encoder.safetensors", "config.json", HEADS_FILE, CARD_FILE]
@@ -101,7 +103,7 @@ def test_round_trip_gives_the_same_scores(saved: tuple[Path, UMBIFEncoder, dict[
     after = loaded.embed(images, present)
     np.testing.assert_array_equal(before, after)
     for task, head in heads.items():
-        x = after if head.inputs == "exam" else pair_features(after, after[::-1])
+        x = after if head.inputs == "exam" else pair_array(after, after[::-1])
         np.testing.assert_array_equal(loaded.heads[task].head.score(x), head.head.score(x))
         assert loaded.heads[task].threshold == head.threshold and loaded.heads[task].inputs == head.inputs
     # the score is the schema's formula on the stored float32 tensors
@@ -184,7 +186,7 @@ def _edit_card(folder: Path, edit) -> None:
     ],
 )
 def test_damaged_folders_give_errors_naming_the_file(
-    saved: tuple[Path, UMBIFEncoder, dict[str, TaskHead]], damage, error: type[Exception], match: str
+    saved: tuple[Path, UMBIFEncoder, dict[str, SavedTaskHead]], damage, error: type[Exception], match: str
 ) -> None:
     folder = saved[0]
     damage(folder)
@@ -227,11 +229,11 @@ def test_save_refuses_inconsistent_classifiers(tmp_path: Path, heads: dict, kwar
 def test_task_head_checks_its_fields(kwargs: dict, match: str) -> None:
     args = {"inputs": "exam", "threshold": 0.5} | kwargs
     with pytest.raises(ValueError, match=match):
-        TaskHead(random_head(4, 0).head, positive="a", negative="b", n_train=1, threshold_rule="x", **args)
+        SavedTaskHead(random_head(4, 0).head, positive="a", negative="b", n_train=1, threshold_rule="x", **args)
 
 
 def test_linear_head_checks_its_sizes() -> None:
     with pytest.raises(ValueError, match="same length"):
-        LinearHead(np.ones(3), 0.0, np.zeros(2), np.ones(3))
+        SavedLinearHead(np.ones(3), 0.0, np.zeros(2), np.ones(3))
     with pytest.raises(ValueError, match=r"features must be \[N, 3\]"):
-        LinearHead(np.ones(3), 0.0, np.zeros(3), np.ones(3)).logit(np.ones((2, 4)))
+        SavedLinearHead(np.ones(3), 0.0, np.zeros(3), np.ones(3)).logit(np.ones((2, 4)))

@@ -14,7 +14,7 @@ from labelled_cohort import TinyCohort, build
 from umbif.adapt.classifier import load_classifier
 from umbif.adapt.embed import embed_exams
 from umbif.adapt.probe import LinearProbe, fit_classifier, inner_splits, sample_features
-from umbif.eval.tasks import labelled_samples
+from umbif.data.samples import labelled_samples
 
 
 def _data(n: int = 80, features: int = 20, signal: float = 1.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -14,13 +14,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from labelled_cohort import TinyCohort, build
+from umbif.adapt.finetune import save_finetuned
 from umbif.baselines.cnn import CNNConfig, CNNEncoder, CNNMethod, build_cnn, train_cnn
+from umbif.data.samples import build_items, labelled_samples
 from umbif.eval.evaluate import run_method
-from umbif.eval.metrics import choose_threshold
 from umbif.eval.splits import load_splits, make_splits, patient_strata, save_splits
-from umbif.eval.tasks import labelled_samples
+from umbif.metrics import choose_threshold
 from umbif.models.heads import pair_features
-from umbif.train.finetune import build_items, inner_split, predict, save_finetuned
+from umbif.train.supervised import inner_split, predict
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "cnn.yaml"
 GRID = (32, 32, 32)

@@ -35,9 +35,10 @@ from umbif.baselines.radiomics import (
 from umbif.config import read_yaml
 from umbif.data.cache import read_index, run_preprocess
 from umbif.data.manifest import Manifest
-from umbif.eval.evaluate import build_cohort, run_method
-from umbif.eval.metrics import choose_threshold
+from umbif.data.samples import build_cohort
+from umbif.eval.evaluate import run_method
 from umbif.eval.splits import load_splits, make_splits, patient_strata, save_splits
+from umbif.metrics import choose_threshold
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "radiomics.yaml"
 

@@ -19,14 +19,12 @@ from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from umbif.cli import app
-from umbif.data.dicom import (
+from umbif.data.dicom import SeriesRules, classify, ingest_dicom
+from umbif.data.dicom_io import (
     LPS_TO_RAS,
     Acquisition,
     GeometryError,
-    SeriesRules,
-    classify,
     convert,
-    ingest_dicom,
     read_headers,
     read_pixels,
     stack_slices,

@@ -1,4 +1,5 @@
-"""Cross-validated evaluation end to end on a tiny labelled cohort: splits, folds, resume, report."""
+"""The evaluation harness end to end on a tiny labelled cohort (the UMBIF probe through the method registry,
+as `umbif evaluate` runs it): splits, folds, resume, report."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typer.testing import CliRunner
 
 from labelled_cohort import TinyCohort, build
 from umbif.cli import app
-from umbif.eval.evaluate import EvaluateConfig, build_cohort, evaluate, prepare_splits, run_method
-from umbif.eval.tasks import PREDICTION_COLUMNS
+from umbif.data.samples import build_cohort
+from umbif.eval.evaluate import EvaluateConfig, prepare_splits, run_method
+from umbif.eval.methods import benchmark
+from umbif.eval.summary import PREDICTION_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +32,14 @@ CONFIG = EvaluateConfig(tasks=("idh", "mgmt", "outcome"), folds=3, n_bootstrap=2
 def run(cohort: TinyCohort, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("run")
     config = CONFIG
-    document = evaluate(
-        cohort.manifest.table, cohort.cache, cohort.encoder, run_dir, config, manifest_path=cohort.manifest_path
+    document = benchmark(
+        cohort.manifest.table,
+        cohort.cache,
+        run_dir,
+        ["umbif-probe"],
+        {"umbif": cohort.encoder},
+        config,
+        manifest_path=cohort.manifest_path,
     )
     return run_dir, document
 
@@ -81,7 +90,9 @@ def test_rerun_reuses_the_method_and_another_encoder_is_refused(
     run_dir, document = run
     stages: list[str] = []
     table = cohort.manifest.table
-    again = evaluate(table, cohort.cache, cohort.encoder, run_dir, CONFIG, on_stage=stages.append)
+    again = benchmark(
+        table, cohort.cache, run_dir, ["umbif-probe"], {"umbif": cohort.encoder}, CONFIG, on_stage=stages.append
+    )
     assert "umbif-probe: already complete, reused" in stages
     assert again["results"] == document["results"]
     encoder = load_encoder(cohort.encoder)
@@ -89,7 +100,7 @@ def test_rerun_reuses_the_method_and_another_encoder_is_refused(
         encoder.cls_token.add_(1.0)
     other = save_encoder(encoder, encoder.config, tmp_path / "encoder")
     with pytest.raises(ValueError, match=r"other settings \(encoder_sha256 differ\)"):
-        evaluate(table, cohort.cache, other, run_dir, CONFIG)
+        benchmark(table, cohort.cache, run_dir, ["umbif-probe"], {"umbif": other}, CONFIG)
 
 
 @dataclass
@@ -139,7 +150,7 @@ def test_too_few_labels_and_unknown_methods_are_explained(cohort: TinyCohort, tm
     with pytest.raises(ValueError, match="no task has enough"):
         build_cohort(table, set(table["exam_id"]), ("idh",), min_per_class=100)
     with pytest.raises(ValueError, match="unknown method"):
-        evaluate(table, cohort.cache, cohort.encoder, tmp_path, methods=("magic",))
+        benchmark(table, cohort.cache, tmp_path, ["umbif-magic"], {"umbif": cohort.encoder})
 
 
 def test_cli_evaluate(cohort: TinyCohort, tmp_path: Path) -> None:

@@ -27,8 +27,7 @@ from typer.testing import CliRunner
 
 from umbif.cli import app
 from umbif.eval.report import load_metrics, write_report
-from umbif.eval.summary import metrics_document, write_metrics
-from umbif.eval.tasks import PREDICTION_COLUMNS
+from umbif.eval.summary import PREDICTION_COLUMNS, metrics_document, write_metrics
 
 MAIN = ("accuracy", "sensitivity", "specificity", "auc")
 SECONDARY = ("balanced_accuracy", "ppv", "npv", "brier")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from umbif.data.samples import SAMPLE_COLUMNS
 from umbif.eval.splits import (
     FORMAT,
     POOLED,
@@ -18,7 +19,6 @@ from umbif.eval.splits import (
     patient_strata,
     save_splits,
 )
-from umbif.eval.tasks import SAMPLE_COLUMNS
 
 
 def _samples(n_patients: int = 40, sites: tuple[str, ...] = ("A", "B", "C"), seed: int = 0) -> dict[str, pd.DataFrame]:

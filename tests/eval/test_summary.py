@@ -11,9 +11,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, recall_score, roc_auc_score, roc_curve
 
-from umbif.eval.metrics import METRIC_NAMES, delong_test, patient_bootstrap_weights
-from umbif.eval.summary import check_predictions, metrics_document, summarize, write_metrics
-from umbif.eval.tasks import PREDICTION_COLUMNS, REFERENCE
+from umbif.eval.summary import (
+    PREDICTION_COLUMNS,
+    REFERENCE,
+    check_predictions,
+    metrics_document,
+    summarize,
+    write_metrics,
+)
+from umbif.metrics import METRIC_NAMES, delong_test, patient_bootstrap_weights
 
 METHODS = ("umbif-probe", "radiomics-lr")
 RESULT_KEYS = {

@@ -8,7 +8,7 @@ Written by ``umbif probe`` / ``umbif finetune``, read by ``umbif predict``::
       classifier.json                     format, method, embedding grid, preprocessing, tasks, provenance
 
 A head scores ``sigmoid(((x - mean) / scale) @ weight + bias)`` where ``x`` is the encoder's CLS
-embedding ``[E]`` of an exam (``inputs="exam"``, ``F = E``) or :func:`pair_features` of a baseline
+embedding ``[E]`` of an exam (``inputs="exam"``, ``F = E``) or :func:`pair_array` of a baseline
 and a follow-up exam (``inputs="pair"``, ``F = 3E``). Nothing in the folder is a pickle.
 
 Example:
@@ -44,8 +44,11 @@ TENSORS: tuple[str, ...] = ("weight", "bias", "mean", "scale")  # "<task>.<name>
 
 
 @dataclass
-class LinearHead:
+class SavedLinearHead:
     """A standardised linear score: ``logit(x) = ((x - mean) / scale) @ weight + bias``.
+
+    The NumPy form a classifier folder stores and ``umbif predict`` scores with; the trainable torch
+    heads are in ``umbif.models.heads``.
 
     Parameters are kept as float32 (what the folder stores), so a saved and reloaded head gives
     bit-identical scores; the arithmetic runs in float64.
@@ -57,7 +60,7 @@ class LinearHead:
         scale: ``[F]`` feature scales, all positive (a constant feature gets scale 1, as in scikit-learn).
 
     Example:
-        >>> head = LinearHead(np.ones(2), 0.0, np.zeros(2), np.ones(2))
+        >>> head = SavedLinearHead(np.ones(2), 0.0, np.zeros(2), np.ones(2))
         >>> head.score(np.array([[0.0, 0.0]]))
         array([0.5])
     """
@@ -101,12 +104,12 @@ class LinearHead:
 
 
 @dataclass
-class TaskHead:
+class SavedTaskHead:
     """One task of a classifier: its head, what it reads, and how a score becomes a decision.
 
     Args:
-        head: the :class:`LinearHead`.
-        inputs: ``"exam"`` (one exam's embedding) or ``"pair"`` (:func:`pair_features` of baseline
+        head: the :class:`SavedLinearHead`.
+        inputs: ``"exam"`` (one exam's embedding) or ``"pair"`` (:func:`pair_array` of baseline
             and follow-up).
         threshold: decision threshold in ``[0, 1]``; positive when ``score >= threshold``.
         positive, negative: label text of the two classes (e.g. ``"mutant"``, ``"wildtype"``).
@@ -114,7 +117,7 @@ class TaskHead:
         threshold_rule: how the threshold was chosen (e.g. ``"youden"``), for the record.
     """
 
-    head: LinearHead
+    head: SavedLinearHead
     inputs: Literal["exam", "pair"]
     threshold: float
     positive: str
@@ -153,7 +156,7 @@ class Classifier:
 
     encoder: UMBIFEncoder
     model_config: ModelConfig
-    heads: dict[str, TaskHead]
+    heads: dict[str, SavedTaskHead]
     preprocess: PreprocessConfig
     image_size: tuple[int, int, int]
     method: str
@@ -171,11 +174,11 @@ class Classifier:
         return torch.cat(out).numpy()
 
 
-def pair_features(baseline: np.ndarray, followup: np.ndarray) -> np.ndarray:
+def pair_array(baseline: np.ndarray, followup: np.ndarray) -> np.ndarray:
     """Features of a (baseline, follow-up) pair: ``concat(b, f, f - b)``, ``[N, E]`` x2 -> ``[N, 3E]``.
 
     Example:
-        >>> pair_features(np.array([[1.0]]), np.array([[3.0]]))
+        >>> pair_array(np.array([[1.0]]), np.array([[3.0]]))
         array([[1., 3., 2.]])
     """
     b, f = np.asarray(baseline), np.asarray(followup)
@@ -197,7 +200,7 @@ def save_classifier(
     out_dir: str | Path,
     encoder: UMBIFEncoder,
     model_config: ModelConfig,
-    heads: dict[str, TaskHead],
+    heads: dict[str, SavedTaskHead],
     preprocess: PreprocessConfig | dict[str, Any],
     image_size: tuple[int, int, int] | list[int],
     method: str,
@@ -211,7 +214,7 @@ def save_classifier(
         out_dir: the folder (created).
         encoder: the encoder whose CLS embeddings the heads were fitted on.
         model_config: its architecture.
-        heads: task name -> :class:`TaskHead`; names must not contain ``"."``.
+        heads: task name -> :class:`SavedTaskHead`; names must not contain ``"."``.
         preprocess: the preprocessing of the training cache (``PreprocessConfig`` or its dict).
         image_size: the grid the encoder was run on; must equal ``preprocess.shape``.
         method: ``"probe"`` or ``"finetune"``.
@@ -406,7 +409,7 @@ def _read_model_config(file: Path) -> ModelConfig:
         raise ValueError(f"{file}: not a UMBIF model config ({err})") from None
 
 
-def _read_head(file: Path, task: str, spec: dict[str, Any], state: dict[str, torch.Tensor], dim: int) -> TaskHead:
+def _read_head(file: Path, task: str, spec: dict[str, Any], state: dict[str, torch.Tensor], dim: int) -> SavedTaskHead:
     """One task's tensors from ``heads.safetensors``, checked against the card and the encoder width."""
     features = spec["features"]
     expected = _expected_features(spec["inputs"], dim)
@@ -426,10 +429,10 @@ def _read_head(file: Path, task: str, spec: dict[str, Any], state: dict[str, tor
             raise ValueError(f"{file}: tensor {key!r} has shape {list(tensor.shape)}, expected [{size}]")
         values[name] = tensor.float().numpy()
     try:
-        head = LinearHead(values["weight"], float(values["bias"][0]), values["mean"], values["scale"])
+        head = SavedLinearHead(values["weight"], float(values["bias"][0]), values["mean"], values["scale"])
     except ValueError as err:
         raise ValueError(f"{file}: task {task}: {err}") from None
-    return TaskHead(
+    return SavedTaskHead(
         head=head,
         inputs=spec["inputs"],
         threshold=spec["threshold"],

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from umbif.data.cache import read_index, read_plan
+from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
 from umbif.models.io import ENCODER_FILE, load_encoder
+from umbif.train.device import pick_device
 from umbif.utils import atomic_write, sha256_file, write_text_atomic
 
 STORE_FORMAT = "umbif-embeddings"
@@ -52,19 +53,6 @@ def encoder_fingerprint(encoder_dir: str | Path) -> str:
     return sha256_file(weights)[:16]
 
 
-def cache_grid(cache_dir: str | Path) -> tuple[int, int, int]:
-    """The voxel grid of every exam in a cache (its plan's ``shape``)."""
-    x, y, z = read_plan(cache_dir)["preprocess"]["shape"]
-    return int(x), int(y), int(z)
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @torch.no_grad()
 def embed_batch(encoder: torch.nn.Module, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """CLS embeddings ``[B, E]`` (float32) of ``images`` ``[B, S, X, Y, Z]`` with ``present`` ``[B, S]``."""
@@ -87,7 +75,7 @@ def _read_store(path: Path) -> Embeddings | None:
 
 def embed_exams(
     encoder_dir: str | Path,
-    cache_dir: str | Path,
+    cache: Cache | str | Path,
     exam_ids: Sequence[str] | None = None,
     store_dir: str | Path | None = None,
     batch_size: int = 4,
@@ -101,7 +89,7 @@ def embed_exams(
 
     Args:
         encoder_dir: an exported encoder (``umbif export``) or classifier folder.
-        cache_dir: a cache written by ``umbif preprocess``.
+        cache: a :class:`umbif.data.cache.Cache` or a folder written by ``umbif preprocess``.
         exam_ids: the exams to embed (default: every exam in the cache).
         store_dir: where the ``embeddings/`` store lives (default: no store, nothing written).
         batch_size: exams per forward pass.
@@ -116,18 +104,17 @@ def embed_exams(
         >>> emb.lookup(["P-1-E2"]).shape
         (1, 96)
     """
-    cache_dir = Path(cache_dir)
-    plan = read_index(cache_dir)["plan_fingerprint"]
-    key = f"{encoder_fingerprint(encoder_dir)}-{plan}"
-    wanted = list(exam_ids) if exam_ids is not None else [e["exam_id"] for e in read_index(cache_dir)["exams"]]
+    cache = cache if isinstance(cache, Cache) else Cache(cache)
+    key = f"{encoder_fingerprint(encoder_dir)}-{cache.fingerprint}"
+    wanted = list(exam_ids) if exam_ids is not None else cache.exam_ids
     store = Path(store_dir) / "embeddings" / f"{key}.npz" if store_dir is not None else None
     stored = _read_store(store) if store is not None else None
     known = set(stored.exam_ids) if stored else set()
     todo = [e for e in dict.fromkeys(wanted) if e not in known]
     new_values = np.zeros((0, 0), dtype=np.float32)
     if todo:
-        encoder = load_encoder(encoder_dir, device=pick_device(device), image_size=cache_grid(cache_dir))
-        loader = DataLoader(CacheDataset(cache_dir, todo), batch_size=batch_size, shuffle=False)
+        encoder = load_encoder(encoder_dir, device=pick_device(device), image_size=cache.grid)
+        loader = DataLoader(CacheDataset(cache, todo), batch_size=batch_size, shuffle=False)
         chunks, done = [], 0
         for batch in loader:
             chunks.append(embed_batch(encoder, batch["image"], batch["present"]).numpy())
@@ -144,7 +131,7 @@ def embed_exams(
     else:
         merged = Embeddings(tuple(todo), new_values, key)
     if store is not None and todo:
-        _write_store(store, merged, Path(encoder_dir), cache_dir)
+        _write_store(store, merged, Path(encoder_dir), cache.path)
     return Embeddings(tuple(wanted), merged.lookup(wanted), key)
 
 

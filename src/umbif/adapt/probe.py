@@ -21,11 +21,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from umbif.adapt.classifier import LinearHead, TaskHead, pair_features, save_classifier
-from umbif.adapt.embed import Embeddings, cache_grid, embed_exams
+from umbif.adapt.classifier import SavedLinearHead, SavedTaskHead, pair_array, save_classifier
+from umbif.adapt.embed import Embeddings, embed_exams
+from umbif.data.cache import Cache
 from umbif.data.manifest import LABELS
-from umbif.eval.metrics import choose_threshold, roc_auc
-from umbif.eval.tasks import PAIRED_TASKS, TASKS
+from umbif.data.samples import PAIRED_TASKS, TASKS, build_cohort
+from umbif.metrics import choose_threshold, roc_auc
 
 DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 2, 7))  # inverse L2 strengths, one per decade
 
@@ -137,7 +138,7 @@ def sample_features(embeddings: Embeddings, table: pd.DataFrame, task: str) -> n
     followup = embeddings.lookup(list(table["exam_id"]))
     if task not in PAIRED_TASKS:
         return followup
-    return pair_features(embeddings.lookup(list(table["baseline_exam_id"])), followup)
+    return pair_array(embeddings.lookup(list(table["baseline_exam_id"])), followup)
 
 
 @dataclass
@@ -164,7 +165,7 @@ class ProbeMethod:
 
 def fit_classifier(
     table: pd.DataFrame,
-    cache_dir: str | Path,
+    cache: Cache | str | Path,
     encoder_dir: str | Path,
     out_dir: str | Path,
     tasks: Sequence[str] = TASKS,
@@ -179,24 +180,20 @@ def fit_classifier(
     Returns a summary: per task ``n_train``, ``C``, ``inner_auc``, ``threshold``; ``notes`` on what
     was left out. The embeddings are stored in ``out_dir/embeddings/`` (reused on a rerun).
     """
-    from umbif.data.cache import read_index, read_plan
-    from umbif.eval.evaluate import build_cohort, exams_of
     from umbif.models.io import load_encoder
     from umbif.provenance import provenance
 
-    cache_dir, out_dir = Path(cache_dir), Path(out_dir)
-    cached = {e["exam_id"] for e in read_index(cache_dir)["exams"]}
-    cohort = build_cohort(table, cached, tasks, min_per_class)
-    needed = exams_of(cohort.samples)
-    embeddings = embed_exams(encoder_dir, cache_dir, needed, out_dir, batch_size, on_progress=on_progress)
+    cache, out_dir = cache if isinstance(cache, Cache) else Cache(cache), Path(out_dir)
+    cohort = build_cohort(table, cache.exam_ids, tasks, min_per_class)
+    embeddings = embed_exams(encoder_dir, cache, cohort.exam_ids(), out_dir, batch_size, on_progress=on_progress)
     heads, summary = {}, {}
     for task, frame in cohort.samples.items():
         probe = LinearProbe(inner_folds=inner_folds, seed=seed)
         probe.fit(sample_features(embeddings, frame, task), frame["y"].to_numpy(), frame["patient_id"].to_numpy())
         weight, bias, mean, scale = probe.linear_parts()
         positive, negative = LABELS[task]
-        heads[task] = TaskHead(
-            LinearHead(weight, bias, mean, scale),
+        heads[task] = SavedTaskHead(
+            SavedLinearHead(weight, bias, mean, scale),
             inputs="pair" if task in PAIRED_TASKS else "exam",
             threshold=probe.threshold_,
             positive=positive,
@@ -210,14 +207,14 @@ def fit_classifier(
             "inner_auc": probe.inner_auc_,
             "threshold": probe.threshold_,
         }
-    grid = cache_grid(cache_dir)
-    encoder = load_encoder(encoder_dir, image_size=grid)
-    plan = read_plan(cache_dir)["preprocess"]
+    encoder = load_encoder(encoder_dir, image_size=cache.grid)
     settings = {
         "tasks": list(cohort.samples),
         "seed": seed,
         "inner_folds": inner_folds,
         "encoder": Path(encoder_dir).name,
     }
-    save_classifier(out_dir, encoder, encoder.config, heads, plan, grid, "probe", provenance(settings, seed=seed))
+    save_classifier(
+        out_dir, encoder, encoder.config, heads, cache.preprocess, cache.grid, "probe", provenance(settings, seed=seed)
+    )
     return {"tasks": summary, "notes": cohort.notes}

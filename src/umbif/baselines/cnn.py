@@ -13,7 +13,7 @@ The same inputs, folds, labels and training loop as UMBIF fine-tuning, only the 
 - **Heads.** :class:`CNNEncoder` gives :class:`umbif.models.heads.MultiTaskModel` one token per exam, its
   features, so the multi-task linear heads, the masked labels and the pairs are UMBIF's: the outcome head sees
   ``concat(b, f, f - b)`` (``heads.pair_features``) of the baseline and follow-up, embedded with shared weights.
-- **Training.** :func:`umbif.train.finetune.fit_multitask`: inner patient split, early stopping, Youden
+- **Training.** :func:`umbif.train.supervised.fit_multitask`: inner patient split, early stopping, Youden
   thresholds on the inner validation split (training data only), AdamW with warm-up and cosine decay, one
   learning rate for every layer (nothing is pretrained).
 
@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from pydantic import model_validator
 from torch import nn
 
-from umbif.eval.tasks import PAIRED_TASKS, check_task
+from umbif.data.cache import Cache
+from umbif.data.samples import PAIRED_TASKS, check_task
 from umbif.models.heads import MultiTaskModel, TaskHead
-from umbif.train.finetune import Finetuned, TrainConfig, fit_and_predict, fit_multitask, param_groups
+from umbif.train.supervised import TrainConfig, TrainedModel, fit_and_predict, fit_multitask, param_groups
 
 ARCHITECTURES: tuple[str, ...] = ("resnet18", "densenet121")
 NAMES = {"resnet18": "ResNet18", "densenet121": "DenseNet121"}
@@ -173,25 +174,26 @@ def build_cnn(tasks: Sequence[str], grid: Sequence[int], config: CNNConfig) -> M
 
 
 def train_cnn(
-    cache_dir: str | Path,
+    cache: Cache | str | Path,
     train: Mapping[str, pd.DataFrame],
     config: CNNConfig | None = None,
     device: str | torch.device | None = None,
     on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
     exclude_patients: Sequence[str] = (),
-) -> Finetuned:
-    """Train the CNN from scratch on ``train`` (:func:`umbif.train.finetune.fit_multitask`).
+) -> TrainedModel:
+    """Train the CNN from scratch on ``train`` (:func:`umbif.train.supervised.fit_multitask`).
 
     Args:
-        cache_dir: the exam cache.
-        train: task -> labelled sample table (``umbif.eval.tasks.SAMPLE_COLUMNS``).
+        cache: the exam cache (a :class:`umbif.data.cache.Cache` or its folder).
+        train: task -> labelled sample table (``umbif.data.samples.SAMPLE_COLUMNS``).
         config: settings (default :class:`CNNConfig`).
         device: default CUDA when available, else CPU.
         on_epoch: called after each epoch with ``(epoch, max_epochs, record)``.
         exclude_patients: patients left out of training (a test fold's).
 
     Returns:
-        :class:`umbif.train.finetune.Finetuned` (``model_config`` None); score with ``finetune.predict``.
+        :class:`umbif.train.supervised.TrainedModel` (``model_config`` None); score it with
+        ``umbif.train.supervised.predict``.
 
     Example:
         >>> result = train_cnn("cache/", {"idh": table}, CNNConfig(input_size=32, epochs=10))
@@ -205,14 +207,14 @@ def train_cnn(
     def groups(model: MultiTaskModel) -> list[dict[str, Any]]:
         return param_groups(model, settings.lr, 1.0, settings.weight_decay)  # one layer: no layer-wise decay
 
-    return fit_multitask(build, groups, cache_dir, train, settings, device, on_epoch, exclude_patients)
+    return fit_multitask(build, groups, cache, train, settings, device, on_epoch, exclude_patients)
 
 
 class CNNMethod:
     """A CNN trained from scratch per fold, multi-task (an ``umbif.eval.evaluate`` method).
 
     Args:
-        cache_dir: the exam cache the samples' exams are in.
+        cache: the exam cache the samples' exams are in (a :class:`umbif.data.cache.Cache` or its folder).
         config: settings (default :class:`CNNConfig`).
         name: the method's name; default ``cnn-<architecture>``.
         device: default CUDA when available, else CPU.
@@ -225,12 +227,12 @@ class CNNMethod:
 
     def __init__(
         self,
-        cache_dir: str | Path,
+        cache: Cache | str | Path,
         config: CNNConfig | None = None,
         name: str | None = None,
         device: str | torch.device | None = None,
     ):
-        self.cache_dir = Path(cache_dir)
+        self.cache = cache if isinstance(cache, Cache) else Cache(cache)
         self.config = config or CNNConfig()
         self.device = device
         self.name = name or f"cnn-{self.config.architecture}"
@@ -251,7 +253,7 @@ class CNNMethod:
     ) -> dict[str, tuple[np.ndarray, float]]:
         """Train on ``train`` (test patients left out), score ``test``; thresholds from the training data only."""
 
-        def fit(excluded: list[str]) -> Finetuned:
-            return train_cnn(self.cache_dir, train, self.config, self.device, exclude_patients=excluded)
+        def fit(excluded: list[str]) -> TrainedModel:
+            return train_cnn(self.cache, train, self.config, self.device, exclude_patients=excluded)
 
-        return fit_and_predict(fit, self.cache_dir, train, test, self.device)
+        return fit_and_predict(fit, self.cache, train, test, self.device)

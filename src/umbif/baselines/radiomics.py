@@ -22,7 +22,7 @@ features; :func:`usable_samples` leaves their samples out of the method with a n
 Classifiers (:class:`RadiomicsClassifier`, sklearn-style): median imputation, constant-feature
 removal, standardisation, univariate selection, then logistic regression, an RBF SVM (sigmoid
 calibrated) or a random forest; hyper-parameters by patient-grouped inner CV (ROC-AUC), the
-threshold by :func:`umbif.eval.metrics.choose_threshold` on inner cross-validated training scores.
+threshold by :func:`umbif.metrics.choose_threshold` on inner cross-validated training scores.
 :class:`RadiomicsMethod` is the ``umbif.eval.evaluate`` method ("radiomics-lr", "-svm", "-rf").
 
 Example::
@@ -61,13 +61,13 @@ from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
 from umbif import SEQUENCES
-from umbif.adapt.classifier import pair_features
+from umbif.adapt.classifier import pair_array
 from umbif.adapt.probe import inner_splits
 from umbif.config import read_yaml
-from umbif.data.cache import read_plan
+from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
-from umbif.eval.metrics import choose_threshold
-from umbif.eval.tasks import PAIRED_TASKS
+from umbif.data.samples import PAIRED_TASKS
+from umbif.metrics import choose_threshold
 from umbif.utils import atomic_write, write_text_atomic
 
 INSTALL_HINT = (
@@ -142,13 +142,12 @@ def make_extractor(params: dict[str, Any]) -> Any:
         return featureextractor.RadiomicsFeatureExtractor(params)
 
 
-def feature_fingerprint(params: dict[str, Any], cache_dir: str | Path) -> str:
+def feature_fingerprint(params: dict[str, Any], plan_fingerprint: str) -> str:
     """Stable short hash of the settings, the cache's preprocessing plan and the pyradiomics version."""
     import_pyradiomics()  # ImportError with the install commands
     import radiomics
 
-    plan = read_plan(cache_dir)["plan_fingerprint"]
-    blob = json.dumps([params, plan, radiomics.__version__, FEATURES_VERSION], sort_keys=True).encode()
+    blob = json.dumps([params, plan_fingerprint, radiomics.__version__, FEATURES_VERSION], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -273,7 +272,7 @@ def _merge(stored: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def extract_features(
-    cache_dir: str | Path,
+    cache: Cache | str | Path,
     exam_ids: Sequence[str],
     out_dir: str | Path,
     settings: dict[str, Any] | str | Path | None = None,
@@ -283,7 +282,8 @@ def extract_features(
     """pyradiomics features of cached exams inside their tumour masks; stored, resumable, reused.
 
     Args:
-        cache_dir: an exam cache (``umbif preprocess``; the segmentations come from its ``seg`` column).
+        cache: an exam cache (a :class:`umbif.data.cache.Cache` or the folder ``umbif preprocess`` wrote;
+            the segmentations come from its ``seg`` column).
         exam_ids: exams to extract; ``KeyError`` names any not in the cache.
         out_dir: the store goes to ``out_dir/radiomics/<fingerprint>.parquet``.
         settings: pyradiomics parameters (dict or params YAML); default :data:`DEFAULT_SETTINGS`.
@@ -300,13 +300,13 @@ def extract_features(
         >>> table.loc["site_a-0001-0", "t2_original_firstorder_Mean"]
     """
     params = load_settings(settings)
-    cache_dir, out_dir = Path(cache_dir), Path(out_dir)
-    key = feature_fingerprint(params, cache_dir)
+    cache, out_dir = cache if isinstance(cache, Cache) else Cache(cache), Path(out_dir)
+    key = feature_fingerprint(params, cache.fingerprint)
     path = out_dir / "radiomics" / f"{key}.parquet"
-    note = {"fingerprint": key, "settings": params, "plan": read_plan(cache_dir)}
+    note = {"fingerprint": key, "settings": params, "plan": cache.plan}
     write_text_atomic(path.with_suffix(".json"), json.dumps(note, indent=2, default=str) + "\n")
     exam_ids = list(dict.fromkeys(exam_ids))
-    dataset = CacheDataset(cache_dir, exam_ids, dtype=torch.float32, masks=True)
+    dataset = CacheDataset(cache, exam_ids, dtype=torch.float32, masks=True)
     stored = _read_store(path)
     current = dict(zip(stored.index, stored["source"], strict=True))
     todo = [i for i, entry in enumerate(dataset.entries) if current.get(entry["exam_id"]) != _source(entry)]
@@ -388,7 +388,7 @@ def sample_features(features: pd.DataFrame, table: pd.DataFrame, task: str) -> n
     followup = rows(list(table["exam_id"]))
     if task not in PAIRED_TASKS:
         return followup
-    return pair_features(rows(list(table["baseline_exam_id"])), followup)
+    return pair_array(rows(list(table["baseline_exam_id"])), followup)
 
 
 def _pipeline(model: str, seed: int) -> Pipeline:
@@ -416,7 +416,7 @@ class RadiomicsClassifier(ClassifierMixin, BaseEstimator):
     Args:
         model: "lr", "svm" or "rf" (:data:`GRIDS` lists what is searched).
         inner_folds: patient-grouped, stratified inner folds (fewer when a class has fewer patients).
-        threshold_rule: "youden" or "sensitivity" (umbif.eval.metrics.choose_threshold).
+        threshold_rule: "youden" or "sensitivity" (umbif.metrics.choose_threshold).
         target_sensitivity: for ``threshold_rule="sensitivity"``.
         seed: seeds the inner folds and the forest.
 

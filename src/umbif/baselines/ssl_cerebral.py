@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from umbif.data.cache import read_index
+from umbif.data.cache import Cache
 from umbif.train.checkpoint import latest_checkpoint
 from umbif.train.export import export_encoder
 from umbif.train.pretrain import PretrainConfig, pretrain
@@ -30,7 +30,7 @@ def cerebral_config(config: PretrainConfig) -> PretrainConfig:
 
 def pretrain_cerebral(
     manifest_table: pd.DataFrame,
-    cache_dir: str | Path,
+    cache: Cache | str | Path,
     out_dir: str | Path,
     config: PretrainConfig,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
@@ -43,7 +43,8 @@ def pretrain_cerebral(
     Args:
         manifest_table: the manifest's table (``exam_id`` column); its exams that are in the cache and
             have a non-empty tumour segmentation are trained on.
-        cache_dir: written by ``umbif preprocess`` (segmentations in the masks, ``has_seg`` in the index).
+        cache: a :class:`umbif.data.cache.Cache` or the folder ``umbif preprocess`` wrote (segmentations in
+            the masks, ``has_seg`` in the index).
         out_dir: ``run/`` (the pretraining run folder) and ``encoder/`` (the export) go here.
         config: the pretraining recipe; ``crop`` is set to ``"tumour"``.
         on_step: called after every optimiser step with (step, total, losses).
@@ -58,17 +59,16 @@ def pretrain_cerebral(
     Example:
         >>> encoder_dir = pretrain_cerebral(manifest.table, "cache/", "runs/ssl_cerebral", PretrainConfig())
     """
-    cache_dir, out_dir = Path(cache_dir), Path(out_dir)
+    cache, out_dir = cache if isinstance(cache, Cache) else Cache(cache), Path(out_dir)
     if "exam_id" not in manifest_table.columns:
         raise ValueError("the manifest table has no exam_id column; pass Manifest.read(path).table")
-    cached = {entry["exam_id"] for entry in read_index(cache_dir)["exams"]}
-    exam_ids = [e for e in manifest_table["exam_id"].astype(str) if e in cached]
+    exam_ids = cache.select(manifest_table["exam_id"].astype(str))
     if not exam_ids:
-        raise ValueError(f"none of the manifest's {len(manifest_table)} exams is in the cache {cache_dir}")
+        raise ValueError(f"none of the manifest's {len(manifest_table)} exams is in the cache {cache.path}")
     config = cerebral_config(config)
     run_dir = out_dir / RUN_DIR
     result = pretrain(
-        cache_dir, run_dir, config, exam_ids, resume=latest_checkpoint(run_dir) is not None, on_step=on_step
+        cache, run_dir, config, exam_ids, resume=latest_checkpoint(run_dir) is not None, on_step=on_step
     )
     log.info("SSL-Cerebral: %d exams with a tumour, %d skipped", result["exams"], result["skipped_without_tumour"])
     return export_encoder(run_dir, out_dir / ENCODER_DIR)[0]

@@ -39,19 +39,10 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from umbif.config import FrozenConfig
-from umbif.models.io import STRIP_PREFIXES, _listing, load_state_tolerant, read_safetensors, save_encoder
+from umbif.models.blocks import Block, init_weights, run_blocks
+from umbif.models.io import STRIP_PREFIXES, load_state_tolerant, name_listing, read_safetensors, save_encoder
 from umbif.models.pos_embed import sincos_pos_embed_3d
-from umbif.models.umbif import (
-    Block,
-    ModelConfig,
-    UMBIFEncoder,
-    _init_weights,
-    pack,
-    random_masking,
-    reconstruction_loss,
-    run_blocks,
-    unpack,
-)
+from umbif.models.umbif import ModelConfig, UMBIFEncoder, pack, random_masking, reconstruction_loss, unpack
 from umbif.provenance import provenance
 from umbif.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from umbif.train.logging import MetricsLogger
@@ -244,7 +235,7 @@ class PhotoMAE(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(D, eps=1e-6)
         self.decoder_pred = nn.Linear(D, channels * p * p)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(E, -1))  # as a Linear (MAE)
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -461,7 +452,7 @@ def inflate_state(
 
     if "patch_embed.proj.weight" not in state:
         raise ValueError(
-            f"not a 2D ViT state dict: no patch_embed.proj.weight among its keys ({_listing(sorted(state_2d))})"
+            f"not a 2D ViT state dict: no patch_embed.proj.weight among its keys ({name_listing(sorted(state_2d))})"
         )
     c = model_config
     weight = take("patch_embed.proj.weight")
@@ -525,7 +516,7 @@ def inflate_to_encoder(state_2d: dict[str, torch.Tensor], model_config: ModelCon
 def _inflate(state_2d: dict[str, torch.Tensor], model_config: ModelConfig) -> tuple[UMBIFEncoder, list[str]]:
     mapped, unused = inflate_state(state_2d, model_config)
     if unused:
-        warnings.warn(f"{len(unused)} keys of the 2D checkpoint are not used: {_listing(unused)}", stacklevel=3)
+        warnings.warn(f"{len(unused)} keys of the 2D checkpoint are not used: {name_listing(unused)}", stacklevel=3)
     encoder = UMBIFEncoder(model_config)
     load_state_tolerant(encoder, mapped, strict=True)
     return encoder.eval(), unused

@@ -26,7 +26,7 @@ import hashlib
 import io
 import json
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -347,6 +347,83 @@ def read_plan(cache_dir: str | Path) -> dict[str, Any]:
     return _read_json(cache_dir, "plan.json")
 
 
+class Cache:
+    """A cache written by ``umbif preprocess``, for reading: its plan, grid, exams and arrays.
+
+    Everything outside ``umbif.data`` reads a cache through this object, or through
+    :class:`umbif.data.datasets.CacheDataset` (which takes one); nothing else knows the file layout.
+    The index is read once, when the object is made: a snapshot of what was cached then.
+
+    Args:
+        path: the cache folder.
+
+    Raises:
+        FileNotFoundError: no ``index.json`` or ``plan.json`` (the message says to run ``umbif preprocess``).
+
+    Example:
+        >>> cache = Cache("cache/")
+        >>> cache.grid, len(cache.exam_ids), cache.fingerprint
+        ((96, 96, 96), 120, '3f2a9c0d1b7e4a55')
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.plan: dict[str, Any] = read_plan(self.path)
+        index = read_index(self.path)
+        self.entries: dict[str, dict[str, Any]] = {e["exam_id"]: e for e in index["exams"]}
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.path)!r}, {len(self.entries)} exams, plan {self.fingerprint})"
+
+    @property
+    def fingerprint(self) -> str:
+        """The preprocessing plan's fingerprint: changes whenever a setting that changes the output does."""
+        return str(self.plan["plan_fingerprint"])
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        """The :class:`umbif.config.PreprocessConfig` the exams were made with, as a dictionary."""
+        return dict(self.plan["preprocess"])
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """The voxel grid of every cached exam (the plan's ``shape``)."""
+        x, y, z = self.plan["preprocess"]["shape"]
+        return int(x), int(y), int(z)
+
+    @property
+    def exam_ids(self) -> list[str]:
+        """Every cached exam, in index order."""
+        return list(self.entries)
+
+    def __contains__(self, exam_id: object) -> bool:
+        return exam_id in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def select(self, exam_ids: Iterable[str]) -> list[str]:
+        """The exams of ``exam_ids`` that are cached, in the order given."""
+        return [e for e in exam_ids if e in self.entries]
+
+    def entry(self, exam_id: str) -> dict[str, Any]:
+        """The index entry of one exam (sequences, affine, ``has_seg``, checksums); ``KeyError`` if not cached."""
+        try:
+            return self.entries[exam_id]
+        except KeyError:
+            raise KeyError(f"exam {exam_id!r} is not in the cache {self.path}") from None
+
+    def load(self, exam_id: str, kind: str) -> np.ndarray:
+        """The memory-mapped ``"image"`` (float16 ``[P, X, Y, Z]``, present sequences) or ``"masks"``
+        (uint8 ``[2, X, Y, Z]``: brain mask, tumour labels) array of a cached exam."""
+        name = self.entry(exam_id)["files"][kind]
+        return np.load(self.path / EXAMS_DIR / name, mmap_mode="r", allow_pickle=False)
+
+    def verify(self, exam_id: str) -> None:
+        """Check an exam's files against their checksums (:func:`verify_entry`)."""
+        verify_entry(self.path, self.entry(exam_id))
+
+
 def verify_entry(cache_dir: str | Path, entry: dict[str, Any]) -> None:
     """Check an entry's files against the checksums in the index.
 
@@ -400,6 +477,7 @@ def describe(cache_dir: str | Path, verify: bool = False) -> dict[str, Any]:
 
 
 __all__ = [
+    "Cache",
     "Failure",
     "RunReport",
     "Shard",

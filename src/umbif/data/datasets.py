@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from umbif import SEQUENCES
-from umbif.data.cache import EXAMS_DIR, read_index, verify_entry
+from umbif.data.cache import Cache
 
 
 class CacheDataset(Dataset):
@@ -30,7 +30,7 @@ class CacheDataset(Dataset):
         ``seg`` ``[X, Y, Z]`` uint8.
 
     Args:
-        cache_dir: a folder written by ``umbif preprocess``.
+        cache: a :class:`umbif.data.cache.Cache`, or a folder written by ``umbif preprocess``.
         exam_ids: restrict to (and order by) these exams; ``KeyError`` names any not cached.
         dtype: tensor type of ``image`` (float16 is what is stored; float32 costs a conversion).
         masks: also return the brain mask and segmentation.
@@ -43,18 +43,18 @@ class CacheDataset(Dataset):
 
     def __init__(
         self,
-        cache_dir: str | Path,
+        cache: Cache | str | Path,
         exam_ids: Sequence[str] | None = None,
         dtype: torch.dtype = torch.float16,
         masks: bool = False,
         verify: bool = False,
     ):
-        self.cache_dir = Path(cache_dir)
-        entries = {e["exam_id"]: e for e in read_index(self.cache_dir)["exams"]}
+        self.cache = cache if isinstance(cache, Cache) else Cache(cache)
+        entries = self.cache.entries
         if exam_ids is not None:
             missing = [e for e in exam_ids if e not in entries]
             if missing:
-                raise KeyError(f"{len(missing)} exams are not in the cache {self.cache_dir}: {missing[:5]}")
+                raise KeyError(f"{len(missing)} exams are not in the cache {self.cache.path}: {missing[:5]}")
             self.entries = [entries[e] for e in exam_ids]
         else:
             self.entries = list(entries.values())
@@ -65,14 +65,11 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _load(self, name: str) -> np.ndarray:
-        return np.load(self.cache_dir / EXAMS_DIR / name, mmap_mode="r", allow_pickle=False)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entries[index]
         if self.verify:
-            verify_entry(self.cache_dir, entry)
-        stored = self._load(entry["files"]["image"])  # [P, X, Y, Z] float16, memory-mapped
+            self.cache.verify(entry["exam_id"])
+        stored = self.cache.load(entry["exam_id"], "image")  # [P, X, Y, Z] float16, memory-mapped
         present = np.array([s in entry["sequences"] for s in SEQUENCES])
         if present.all():
             image = np.array(stored)  # the one copy, out of the page cache
@@ -85,7 +82,7 @@ class CacheDataset(Dataset):
             "exam_id": entry["exam_id"],
         }
         if self.masks:
-            masks = self._load(entry["files"]["masks"])
+            masks = self.cache.load(entry["exam_id"], "masks")
             item["brain_mask"] = torch.from_numpy(np.array(masks[0], dtype=bool))
             item["seg"] = torch.from_numpy(np.array(masks[1]))
         return item

@@ -11,9 +11,14 @@ pseudonymise on the way.
 Per series, in this order, the first reason that applies is reported and the series is left out:
 not MR, enhanced multi-frame, derived (ImageType DERIVED/SECONDARY), localizer, too few slices;
 then :func:`classify` (other and ambiguous series are listed, not converted); then
-:func:`stack_slices` refuses stacks that are not one regular volume (mixed orientations, repeated
-positions, non-uniform spacing such as a missing slice, gantry tilt). Several usable series of one
-sequence in a study are resolved by :class:`SeriesRules` ``duplicates`` and reported.
+:func:`~umbif.data.dicom_io.stack_slices` refuses stacks that are not one regular volume (mixed
+orientations, repeated positions, non-uniform spacing such as a missing slice, gantry tilt). Several
+usable series of one sequence in a study are resolved by :class:`SeriesRules` ``duplicates`` and
+reported.
+
+Read top to bottom: the rules (:class:`SeriesRules`), :func:`classify`, then the ingest that groups,
+screens, chooses and converts series. Reading the files themselves (headers, slice order and geometry,
+pixel data) is :mod:`umbif.data.dicom_io`.
 
 Nothing that identifies a patient leaves this module: patient ids become keyed hashes
 (:mod:`umbif.data.pseudonym`), study dates become days since the patient's first exam, and names,
@@ -25,35 +30,35 @@ when it contains one of the study's identifiers).
 from __future__ import annotations
 
 import functools
-import os
 import re
-import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import pydicom
 from pydantic import field_validator, model_validator
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
-from pydicom.uid import UID
 
 from umbif.config import FrozenConfig
+from umbif.data.dicom_io import (
+    Acquisition,
+    DicomError,
+    GeometryError,
+    SliceHeader,
+    Stack,
+    list_files,
+    read_headers,
+    read_volume,
+    stack_slices,
+)
 from umbif.data.io import write_nifti
 from umbif.data.pseudonym import Pseudonymiser, day_offsets, leaks, parse_date
 from umbif.data.sources.common import IngestReport, manifest_from_rows, site_name
 from umbif.utils import atomic_write
 
 ENHANCED_MR = frozenset({"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4"})
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM patient space is LPS, NIfTI world space is RAS
-ORIENTATION_TOLERANCE = 1e-3  # direction cosines that differ less are the same orientation
-SPACING_TOLERANCE_MM = 0.05  # slice gaps, in-plane spacings and sideways shifts within this are equal ...
-SPACING_TOLERANCE_FRACTION = 0.01  # ... or within this fraction of the slice spacing (the larger wins)
 LOCALIZER_MAX_SLICES = 5  # a series in several orientations with at most this many slices each is a localizer
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 SERIES_COLUMNS = (
@@ -69,6 +74,7 @@ SERIES_COLUMNS = (
 )
 
 
+# -------------------------------------------------------------------------------------------- rules
 @functools.lru_cache(maxsize=64)
 def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern, re.IGNORECASE)
@@ -176,341 +182,6 @@ class SeriesRules(FrozenConfig):
                 if isinstance(data.get(name), dict):
                     data[name] = cls.model_fields[name].default.model_dump() | data[name]
         return data
-
-
-# ------------------------------------------------------------------------------------------ headers
-@dataclass(frozen=True)
-class Acquisition:
-    """The header fields that say what a series is."""
-
-    description: str = ""  # SeriesDescription
-    protocol: str = ""  # ProtocolName
-    sequence_name: str = ""  # SequenceName (Siemens *tse2d1_15, *tir2d1_16, *tfl3d1)
-    scanning_sequence: tuple[str, ...] = ()  # ScanningSequence: SE, IR, GR, EP, RM
-    tr: float | None = None  # RepetitionTime, ms
-    te: float | None = None  # EchoTime, ms
-    ti: float | None = None  # InversionTime, ms; None when the header has none
-    contrast_agent: str = ""  # ContrastBolusAgent
-
-    @property
-    def text(self) -> str:
-        return " | ".join(t for t in (self.description, self.protocol, self.sequence_name) if t).lower()
-
-    @property
-    def timing(self) -> str:
-        def ms(value: float | None) -> str:
-            return "-" if value is None else f"{value:g}"
-
-        return f"TR {ms(self.tr)} TE {ms(self.te)} TI {ms(self.ti)}"
-
-
-@dataclass(frozen=True)
-class SliceHeader:
-    """What umbif reads from one DICOM file. Identifiers stay in memory to group files; none is written."""
-
-    path: Path
-    relative: str  # posix path under the walked root: the only name a file gets in problem lines
-    patient_id: str
-    study_uid: str
-    series_uid: str
-    instance_uid: str  # SOPInstanceUID: the same image exported twice has the same one
-    study_date: str
-    identifiers: frozenset[str]  # name (and its parts), ids, birth date, accession, study date
-    series_number: int | None
-    modality: str
-    sop_class: str
-    image_type: tuple[str, ...]
-    frames: int
-    samples: int  # SamplesPerPixel: 1 for grey-scale
-    shape: tuple[int, int] | None  # (Rows, Columns)
-    position: tuple[float, ...] | None  # ImagePositionPatient, LPS mm
-    orientation: tuple[float, ...] | None  # ImageOrientationPatient: row direction, column direction
-    pixel_spacing: tuple[float, ...] | None  # PixelSpacing: between rows, between columns (mm)
-    acquisition: Acquisition
-
-
-class DicomError(ValueError):
-    """A file that cannot be used; the message names it by its path under ROOT."""
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
-def _number(ds: Dataset, keyword: str) -> float | None:
-    value = ds.get(keyword)
-    if isinstance(value, MultiValue):
-        value = value[0] if len(value) else None
-    try:
-        return None if value is None or value == "" else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _numbers(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
-    value = ds.get(keyword)
-    try:
-        numbers = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return numbers if len(numbers) == count and all(np.isfinite(numbers)) else None
-
-
-def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
-    """A multi-valued string tag (ImageType, ScanningSequence) upper-cased; one value comes back as one."""
-    value = ds.get(keyword)
-    if value is None:
-        return ()
-    return tuple(str(v).strip().upper() for v in (value if isinstance(value, MultiValue) else [value]))
-
-
-def _identifiers(ds: Dataset) -> frozenset[str]:
-    name = _text(ds, "PatientName")
-    values = [name, *re.split(r"[\^=]", name)]
-    values += [_text(ds, k) for k in ("PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate", "StudyID")]
-    values += [_text(ds, "InstitutionName"), _text(ds, "ReferringPhysicianName")]
-    return frozenset(v for v in values if v)
-
-
-def read_header(path: Path, root: Path) -> SliceHeader:
-    """The header of one DICOM image file (pixel data not read).
-
-    Raises:
-        DicomError: not DICOM, unreadable, no image in it, or no Study/Series Instance UID. The
-            message names the file by its path under ``root`` and never quotes header values.
-    """
-    relative = path.relative_to(root).as_posix()
-    try:
-        with warnings.catch_warnings():  # pydicom's warnings about odd values quote them: they may be identifiers
-            warnings.simplefilter("ignore")
-            return _parse_header(pydicom.dcmread(path, stop_before_pixels=True), path, relative)
-    except InvalidDicomError:
-        raise DicomError(f"{relative}: not a DICOM file; skipped") from None
-    except DicomError:
-        raise
-    except Exception as err:  # a damaged file raises anything from struct.error to KeyError; the rest goes on
-        raise DicomError(f"{relative}: unreadable DICOM header ({type(err).__name__}); skipped") from None
-
-
-def _parse_header(ds: Dataset, path: Path, relative: str) -> SliceHeader:
-    sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", Dataset()), "MediaStorageSOPClassUID")
-    if "Rows" not in ds or "Columns" not in ds:
-        kind = UID(sop_class).name if sop_class else "unknown kind"
-        raise DicomError(f"{relative}: DICOM without an image ({kind}); skipped")
-    study, series = _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID")
-    if not study or not series:
-        raise DicomError(f"{relative}: no StudyInstanceUID or SeriesInstanceUID; skipped")
-    number = _number(ds, "SeriesNumber")
-    return SliceHeader(
-        path=path,
-        relative=relative,
-        patient_id=_text(ds, "PatientID"),
-        study_uid=study,
-        series_uid=series,
-        instance_uid=_text(ds, "SOPInstanceUID"),
-        study_date=_text(ds, "StudyDate") or _text(ds, "SeriesDate"),
-        identifiers=_identifiers(ds),
-        series_number=None if number is None else int(number),
-        modality=_text(ds, "Modality").upper(),
-        sop_class=sop_class,
-        image_type=_values(ds, "ImageType"),
-        frames=int(_number(ds, "NumberOfFrames") or 1),
-        samples=int(_number(ds, "SamplesPerPixel") or 1),
-        shape=(int(ds.Rows), int(ds.Columns)),
-        position=_numbers(ds, "ImagePositionPatient", 3),
-        orientation=_numbers(ds, "ImageOrientationPatient", 6),
-        pixel_spacing=_numbers(ds, "PixelSpacing", 2),
-        acquisition=Acquisition(
-            description=_text(ds, "SeriesDescription"),
-            protocol=_text(ds, "ProtocolName"),
-            sequence_name=_text(ds, "SequenceName"),
-            scanning_sequence=_values(ds, "ScanningSequence"),
-            tr=_number(ds, "RepetitionTime"),
-            te=_number(ds, "EchoTime"),
-            ti=_number(ds, "InversionTime"),
-            contrast_agent=_text(ds, "ContrastBolusAgent"),
-        ),
-    )
-
-
-def read_headers(
-    files: Sequence[Path], root: Path, on_progress: Callable[[int, int], None] | None = None
-) -> tuple[list[SliceHeader], list[str]]:
-    """Headers of ``files``; files that are not usable DICOM images come back as one problem line each."""
-    headers, problems = [], []
-    for done, path in enumerate(files, start=1):
-        try:
-            headers.append(read_header(path, root))
-        except DicomError as err:
-            problems.append(str(err))
-        if on_progress:
-            on_progress(done, len(files))
-    return headers, problems
-
-
-def list_files(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Every file under ``root`` in path order; hidden files and folders and ``exclude`` left out."""
-    found = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(folder, d) != exclude)
-        found.extend(Path(folder, f) for f in sorted(filenames) if not f.startswith("."))
-    return found
-
-
-# ----------------------------------------------------------------------------------------- geometry
-class GeometryError(ValueError):
-    """Slices that do not form one regular volume; the message says why."""
-
-
-@dataclass(frozen=True)
-class Stack:
-    """The slices of one volume in order along the slice normal, and the voxel-to-RAS affine.
-
-    Voxel ``(i, j, k)`` is column ``i`` and row ``j`` of slice ``k`` (NIfTI convention)."""
-
-    slices: tuple[SliceHeader, ...]
-    affine: np.ndarray  # [4, 4], voxel -> RAS mm
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        rows, columns = self.slices[0].shape
-        return columns, rows, len(self.slices)
-
-    @property
-    def voxel_volume(self) -> float:
-        return float(abs(np.linalg.det(self.affine[:3, :3])))
-
-
-def _tolerance(step: float) -> float:
-    return max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * step)
-
-
-def stack_slices(slices: Sequence[SliceHeader]) -> Stack:
-    """Order the slices of one series by position along the slice normal and build its affine.
-
-    The normal is the cross product of the row and column directions; slices are sorted by the
-    projection of ImagePositionPatient on it, never by file name or InstanceNumber.
-
-    Raises:
-        GeometryError: geometry tags missing, slices differing in size, orientation or pixel
-            spacing, positions repeated (echoes, phases), non-uniform spacing (a missing slice), or
-            positions that drift sideways from the normal (gantry tilt).
-    """
-    lacking = [s.relative for s in slices if s.position is None or s.orientation is None or s.pixel_spacing is None]
-    if lacking:
-        raise GeometryError(
-            f"{len(lacking)} files lack ImagePositionPatient, ImageOrientationPatient or PixelSpacing "
-            f"(e.g. {lacking[0]})"
-        )
-    if len(slices) < 2:
-        raise GeometryError("one slice is not a volume")
-    if len({s.shape for s in slices}) > 1:
-        raise GeometryError(f"slices differ in size: {sorted({s.shape for s in slices})} (rows, columns)")
-    orientations = np.array([s.orientation for s in slices])
-    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
-        raise GeometryError("slices differ in ImageOrientationPatient; not one stack")
-    spacings = np.array([s.pixel_spacing for s in slices])
-    if np.abs(spacings - spacings[0]).max() > SPACING_TOLERANCE_MM * 0.1:
-        raise GeometryError("slices differ in PixelSpacing; not one stack")
-    row, column = orientations[0, :3], orientations[0, 3:]
-    row, column = row / np.linalg.norm(row), column / np.linalg.norm(column)
-    if abs(row @ column) > ORIENTATION_TOLERANCE:
-        raise GeometryError("ImageOrientationPatient rows and columns are not perpendicular")
-    normal = np.cross(row, column)
-
-    order = np.argsort(np.array([s.position for s in slices]) @ normal, kind="stable")
-    ordered = [slices[i] for i in order]
-    positions = np.array([s.position for s in ordered])  # [S, 3] LPS mm
-    distance = positions @ normal
-    steps = np.diff(distance)
-    if (repeated := steps < SPACING_TOLERANCE_MM).any():
-        k = int(np.argmax(repeated))
-        raise GeometryError(
-            f"{int(repeated.sum())} slices repeat the position of another "
-            f"(e.g. {ordered[k].relative} and {ordered[k + 1].relative}): several echoes, phases or repeats in "
-            "one series"
-        )
-    step = float(np.median(steps))
-    uneven = np.flatnonzero(np.abs(steps - step) > _tolerance(step))
-    if uneven.size:
-        k = int(uneven[0])
-        missing = round(steps[k] / step) - 1
-        hint = "" if missing < 1 else ": a missing slice?" if missing == 1 else f": about {missing} missing slices?"
-        raise GeometryError(
-            f"slice spacing not uniform: {steps[k]:.2f} mm between {ordered[k].relative} and "
-            f"{ordered[k + 1].relative} where most are {step:.2f} mm{hint}"
-        )
-    offsets = positions - positions[0]
-    along = offsets @ normal
-    sideways = np.linalg.norm(offsets - along[:, None] * normal, axis=1)
-    if (sideways > np.maximum(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * along)).any():
-        angle = np.degrees(np.arctan2(sideways[-1], along[-1]))
-        raise GeometryError(
-            f"slices shift sideways as they advance ({angle:.1f} degrees off the slice normal): gantry tilt "
-            "or a sheared stack; resample it first (e.g. dcm2niix corrects gantry tilt)"
-        )
-    row_spacing, column_spacing = spacings[0]
-    lps = np.eye(4)
-    lps[:3, 0] = row * column_spacing  # i runs along a row: one column per step
-    lps[:3, 1] = column * row_spacing  # j runs down a column: one row per step
-    lps[:3, 2] = (positions[-1] - positions[0]) / (len(ordered) - 1)
-    lps[:3, 3] = positions[0]
-    return Stack(tuple(ordered), LPS_TO_RAS @ lps)
-
-
-def read_pixels(path: Path) -> np.ndarray:
-    """One slice's real values (stored values times RescaleSlope plus RescaleIntercept), [rows, columns].
-
-    pydicom decodes uncompressed and RLE data; for compressions it has no decoder for here (JPEG
-    lossless, JPEG-LS) SimpleITK's GDCM reads the file and applies the rescale itself.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path)
-    try:
-        pixels = ds.pixel_array.astype(np.float32)
-    except (RuntimeError, NotImplementedError):
-        import SimpleITK as sitk
-
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0].astype(np.float32)
-    slope = _number(ds, "RescaleSlope")
-    intercept = _number(ds, "RescaleIntercept")
-    return pixels * np.float32(slope or 1.0) + np.float32(intercept or 0.0)
-
-
-def read_volume(stack: Stack) -> np.ndarray:
-    """The voxel values of a stack, [i, j, k] as in :class:`Stack`: int16 when every real value is a whole
-    number that fits, else float32.
-
-    Raises:
-        DicomError: a file's pixel data cannot be decoded or has the wrong size.
-    """
-    volume = np.empty(stack.shape, np.float32)
-    for k, header in enumerate(stack.slices):
-        try:
-            pixels = read_pixels(header.path)
-        except Exception as err:  # decoders raise many types on damaged data; the series is reported
-            raise DicomError(f"{header.relative}: pixel data unreadable ({type(err).__name__})") from None
-        if pixels.shape != header.shape:
-            raise DicomError(f"{header.relative}: pixel data is {pixels.shape}, the header says {header.shape}")
-        volume[:, :, k] = pixels.T
-    whole = np.array_equal(volume, np.round(volume))
-    if whole and volume.size and volume.min() >= np.iinfo(np.int16).min and volume.max() <= np.iinfo(np.int16).max:
-        return volume.astype(np.int16)
-    return volume
-
-
-def convert(slices: Sequence[SliceHeader], path: Path) -> Stack:
-    """Stack, read and write one series as NIfTI at ``path``.
-
-    Raises:
-        GeometryError: see :func:`stack_slices`.
-        DicomError: pixel data unreadable.
-    """
-    stack = stack_slices(slices)
-    write_nifti(path, read_volume(stack), stack.affine)
-    return stack
 
 
 # ----------------------------------------------------------------------------------- classification

@@ -1,4 +1,5 @@
-"""Cross-validated evaluation of adaptation methods on the glioma tasks (``umbif evaluate``).
+"""The evaluation harness: methods cross-validated on shared patient-level folds (``umbif benchmark``,
+``umbif evaluate``).
 
 Data flow inside a run folder (each stage reusable alone, nnU-Net style)::
 
@@ -11,9 +12,10 @@ Data flow inside a run folder (each stage reusable alone, nnU-Net style)::
     report/                          umbif.eval.report (HTML, Markdown, JSON, PNG)
 
 A *method* is anything with a ``name``, a ``description`` and
-``fit_predict(train, test) -> {task: (scores, threshold)}`` over per-task sample tables; the
-UMBIF probe and fine-tuning are two, and baselines plug in the same way, so every method is
-scored on identical folds.
+``fit_predict(train, test) -> {task: (scores, threshold)}`` over per-task sample tables. The harness
+knows no method: it gets :class:`MethodSpec` objects (a name, settings and a builder) and builds a
+method only when it has folds left to run. The registry of every method (UMBIF probe and fine-tuning,
+the baselines) is ``umbif.eval.methods``; every method is scored on identical folds.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ import numpy as np
 import pandas as pd
 
 from umbif.config import FrozenConfig
-from umbif.eval.splits import fold_indices, load_splits, make_splits, patient_strata, save_splits
-from umbif.eval.tasks import PAIRED_TASKS, PREDICTION_COLUMNS, TASKS, labelled_samples
+from umbif.data.cache import Cache
+from umbif.data.samples import TASKS, Cohort, build_cohort
+from umbif.eval.splits import SCHEMES, fold_indices, load_splits, make_splits, patient_strata, save_splits
+from umbif.eval.summary import PREDICTION_COLUMNS
 from umbif.utils import atomic_write, write_text_atomic
 
-SCHEMES: tuple[str, ...] = ("kfold", "loso")
 Scores = dict[str, tuple[np.ndarray, float]]  # task -> (test scores aligned with the test rows, threshold)
 
 
@@ -63,41 +66,6 @@ class EvaluateConfig(FrozenConfig):
     min_per_class: int = 4  # a task needs at least this many patients in each class to be evaluated
     inner_folds: int = 5  # inner CV of the linear probe (regularisation and threshold)
     batch_size: int = 4  # exams per encoder forward pass when embedding
-
-
-@dataclass
-class Cohort:
-    """The labelled samples of every evaluable task, and why others were left out."""
-
-    samples: dict[str, pd.DataFrame]  # task -> SAMPLE_COLUMNS table
-    notes: list[str] = field(default_factory=list)
-
-
-def build_cohort(table: pd.DataFrame, cached: set[str], tasks: Iterable[str], min_per_class: int) -> Cohort:
-    """Per-task sample tables of the cached exams; tasks with too few labels are dropped with a note."""
-    samples, notes = {}, []
-    for task in tasks:
-        found = labelled_samples(table, task, exam_ids=cached)
-        frame = found.table
-        if task in PAIRED_TASKS:  # the baseline exam must be cached too
-            frame = frame[frame["baseline_exam_id"].isin(cached)]
-        notes += [f"{task}: {reason}" for reason in found.skipped]
-        per_class = [frame.loc[frame["y"] == c, "patient_id"].nunique() for c in (1, 0)]
-        if min(per_class) < min_per_class:
-            notes.append(
-                f"{task}: left out, {per_class[0]} positive and {per_class[1]} negative patients "
-                f"(at least {min_per_class} of each are needed)"
-            )
-            continue
-        samples[task] = frame.reset_index(drop=True)
-    if not samples:
-        raise ValueError("no task has enough labelled, cached exams to evaluate; " + "; ".join(notes[-4:]))
-    return Cohort(samples, notes)
-
-
-def exams_of(samples: dict[str, pd.DataFrame]) -> list[str]:
-    """Every exam the samples of all tasks need (follow-ups and baselines), sorted."""
-    return sorted({e for f in samples.values() for e in (*f["exam_id"], *f["baseline_exam_id"]) if e})
 
 
 def prepare_splits(run_dir: Path, cohort: Cohort, config: EvaluateConfig, splits_path: Path | None) -> dict:
@@ -230,25 +198,6 @@ def all_predictions(run_dir: Path, names: Sequence[str] | None = None) -> pd.Dat
     return pd.concat(frames, ignore_index=True)
 
 
-METHODS: tuple[str, ...] = ("probe", "finetune")  # what `umbif evaluate --method` accepts
-
-
-@dataclass
-class FinetuneMethod:
-    """Fine-tuning of the encoder with task heads (umbif.train.finetune), one model per fold."""
-
-    encoder_dir: Path
-    cache_dir: Path
-    config: Any  # umbif.train.finetune.FinetuneConfig
-    name: str = "umbif-finetune"
-    description: str = "UMBIF encoder, fine-tuned with multi-task heads (layer-wise LR decay, early stopping)"
-
-    def fit_predict(self, train: dict[str, pd.DataFrame], test: dict[str, pd.DataFrame]) -> Scores:
-        from umbif.train.finetune import finetune_and_predict
-
-        return finetune_and_predict(self.encoder_dir, self.cache_dir, train, test, self.config)
-
-
 def synthetic_oracle(manifest_path: Path | None) -> dict[str, float]:
     """The cohort's oracle AUC when the manifest comes from ``umbif synth`` (cohort_card.json beside it)."""
     card = manifest_path.parent / "cohort_card.json" if manifest_path is not None else None
@@ -281,7 +230,7 @@ class Context:
     """What a method builder gets: the cohort, where things live, the settings, progress callbacks."""
 
     cohort: Cohort
-    cache_dir: Path
+    cache: Cache
     run_dir: Path
     config: EvaluateConfig
     stage: Callable[[str], None]
@@ -289,7 +238,7 @@ class Context:
 
     def exam_ids(self) -> list[str]:
         """Every exam a sample needs (follow-ups and baselines), sorted."""
-        return exams_of(self.cohort.samples)
+        return self.cohort.exam_ids()
 
 
 @dataclass
@@ -305,53 +254,9 @@ class MethodSpec:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def probe_spec(encoder_dir: str | Path, name: str = "umbif-probe", description: str | None = None) -> MethodSpec:
-    """The frozen-encoder linear probe of an exported encoder."""
-    from umbif.adapt.embed import encoder_fingerprint
-
-    encoder_dir = Path(encoder_dir)
-    text = description or f"{encoder_dir.name} encoder, frozen; linear probe (logistic regression, inner-CV C)"
-
-    def build(ctx: Context) -> Method:
-        from umbif.adapt.embed import embed_exams
-        from umbif.adapt.probe import ProbeMethod
-
-        exams = ctx.exam_ids()
-        ctx.stage(f"{name}: embedding {len(exams)} exams with the frozen encoder")
-        embeddings = embed_exams(
-            encoder_dir, ctx.cache_dir, exams, ctx.run_dir, ctx.config.batch_size, on_progress=ctx.on_progress
-        )
-        return ProbeMethod(embeddings, name, text, ctx.config.inner_folds, ctx.config.seed)
-
-    settings = {"encoder": encoder_dir.name, "encoder_sha256": encoder_fingerprint(encoder_dir)}
-    return MethodSpec(name, build, settings)
-
-
-def finetune_spec(
-    encoder_dir: str | Path, finetune_config: Any = None, name: str = "umbif-finetune", description: str | None = None
-) -> MethodSpec:
-    """Fine-tuning an exported encoder with task heads, one model per fold."""
-    from umbif.adapt.embed import encoder_fingerprint
-    from umbif.train.finetune import FinetuneConfig
-
-    encoder_dir = Path(encoder_dir)
-    finetune_config = finetune_config or FinetuneConfig()
-    text = description or f"{encoder_dir.name} encoder, fine-tuned with task heads (LLRD, early stopping)"
-
-    def build(ctx: Context) -> Method:
-        return FinetuneMethod(encoder_dir, ctx.cache_dir, finetune_config, name, text)
-
-    settings = {
-        "encoder": encoder_dir.name,
-        "encoder_sha256": encoder_fingerprint(encoder_dir),
-        "finetune": finetune_config.to_dict(),
-    }
-    return MethodSpec(name, build, settings)
-
-
 def run_evaluation(
     table: pd.DataFrame,
-    cache_dir: str | Path,
+    cache: Cache | str | Path,
     run_dir: str | Path,
     specs: Sequence[MethodSpec],
     config: EvaluateConfig | None = None,
@@ -366,24 +271,22 @@ def run_evaluation(
     Methods already complete in ``run_dir`` with the same settings are not run again; a method with
     unfinished folds continues at the next fold. Returns the metrics document (``RUN/metrics.json``).
     """
-    from umbif.data.cache import read_index
     from umbif.eval.report import write_report
     from umbif.eval.summary import metrics_document, write_metrics
     from umbif.provenance import provenance
 
     config = config or EvaluateConfig()
-    cache_dir, run_dir = Path(cache_dir), Path(run_dir)
+    cache, run_dir = cache if isinstance(cache, Cache) else Cache(cache), Path(run_dir)
     manifest_path = Path(manifest_path) if manifest_path is not None else None
     stage = on_stage or (lambda text: None)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cached = {e["exam_id"] for e in read_index(cache_dir)["exams"]}
-    cohort = build_cohort(table, cached, config.tasks, config.min_per_class)
+    cohort = build_cohort(table, cache.exam_ids, config.tasks, config.min_per_class)
     splits = prepare_splits(run_dir, cohort, config, Path(splits_path) if splits_path else None)
     schemes = ("kfold", "loso") if config.loso else ("kfold",)
-    ctx = Context(cohort, cache_dir, run_dir, config, stage, on_progress)
+    ctx = Context(cohort, cache, run_dir, config, stage, on_progress)
     done = finished_methods(run_dir)
     for spec in specs:
         settings = json.loads(json.dumps({"evaluate": config.to_dict(), **spec.settings}))  # as stored
@@ -425,43 +328,3 @@ def run_evaluation(
     write_report(run_dir, document)
     return document
 
-
-def evaluate(
-    table: pd.DataFrame,
-    cache_dir: str | Path,
-    encoder_dir: str | Path,
-    run_dir: str | Path,
-    config: EvaluateConfig | None = None,
-    methods: Iterable[str] = ("probe",),
-    splits_path: str | Path | None = None,
-    finetune_config: Any = None,
-    manifest_path: str | Path | None = None,
-    on_stage: Callable[[str], None] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Evaluate adaptation methods of an encoder on every task with enough labels; write the report.
-
-    Args:
-        table: the manifest table (``Manifest.table``).
-        cache_dir: its exam cache (``umbif preprocess``); exams not cached are left out, with a note.
-        encoder_dir: an exported encoder (``umbif export``).
-        run_dir: the run folder (created; a rerun reuses finished folds and methods).
-        config: :class:`EvaluateConfig`.
-        methods: any of :data:`METHODS` ("probe" is named umbif-probe, "finetune" umbif-finetune).
-        splits_path: reuse these splits (e.g. another run's ``splits.json``) so runs compare fold by fold.
-        finetune_config: ``umbif.train.finetune.FinetuneConfig`` for the "finetune" method.
-        manifest_path: the manifest file (for the report and the synthetic cohort's oracle AUC).
-        on_stage: called with a short text when a stage starts.
-        on_progress: called with (done, total) within a stage.
-
-    Returns:
-        The metrics document also written to ``RUN/metrics.json``.
-    """
-    methods = tuple(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    specs = [probe_spec(encoder_dir) if m == "probe" else finetune_spec(encoder_dir, finetune_config) for m in methods]
-    return run_evaluation(
-        table, cache_dir, run_dir, specs, config, splits_path, manifest_path, "umbif-probe", on_stage, on_progress
-    )

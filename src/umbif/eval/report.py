@@ -26,11 +26,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from umbif.eval.tasks import TASKS, TITLES
+from umbif.data.samples import TASKS, TITLES
 from umbif.utils import atomic_write, safe_name, write_text_atomic
 
 FORMAT, VERSION = "umbif-metrics", 1
-SCHEMES: dict[str, str] = {"kfold": "Patient-level stratified k-fold", "loso": "Leave-one-site-out"}
+SCHEME_TITLES: dict[str, str] = {"kfold": "Patient-level stratified k-fold", "loso": "Leave-one-site-out"}
 MAIN_METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "auc")
 SECONDARY_METRICS: tuple[str, ...] = ("balanced_accuracy", "ppv", "npv", "brier")
 METRIC_TITLES: dict[str, str] = {
@@ -144,7 +144,7 @@ class _Run:
         present = {t for _, t, _ in self.results}
         self.tasks = [t for t in TASKS if t in present] + sorted(present - set(TASKS))
         schemes = {s for _, _, s in self.results}
-        self.schemes = [s for s in SCHEMES if s in schemes] + sorted(schemes - set(SCHEMES))
+        self.schemes = [s for s in SCHEME_TITLES if s in schemes] + sorted(schemes - set(SCHEME_TITLES))
         self.reference = document.get("reference") or {}
         self.oracle = document.get("oracle_auc") or {}
 
@@ -318,7 +318,7 @@ def _plot(run: _Run, task: str, scheme: str, kind: str) -> bytes:
     ax.set_ylim(0, 1.02)
     ax.set_aspect("equal")
     ax.grid(color="0.92")
-    ax.set_title(f"{TITLES.get(task, _label(task))}\n{SCHEMES.get(scheme, _label(scheme))}", fontsize=9)
+    ax.set_title(f"{TITLES.get(task, _label(task))}\n{SCHEME_TITLES.get(scheme, _label(scheme))}", fontsize=9)
     ax.legend(loc="lower right", fontsize=7, frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -462,7 +462,7 @@ def _sections(run: _Run) -> list[tuple[str, str, _Table | str]]:
 
 
 def _scheme(scheme: str) -> str:
-    return SCHEMES.get(scheme, scheme)
+    return SCHEME_TITLES.get(scheme, scheme)
 
 
 def _render_html(run: _Run, plots: dict[str, bytes]) -> str:

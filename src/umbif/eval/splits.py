@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from umbif.eval.tasks import SAMPLE_COLUMNS
+from umbif.data.samples import SAMPLE_COLUMNS
 from umbif.utils import write_text_atomic
 
 FORMAT = "umbif-splits"
@@ -72,7 +72,7 @@ def patient_strata(samples: dict[str, pd.DataFrame], folds: int = 5) -> pd.DataF
     """One row per patient with their site and a stratification key built from all tasks' labels.
 
     Args:
-        samples: ``{task: samples table}`` (columns :data:`umbif.eval.tasks.SAMPLE_COLUMNS`), e.g.
+        samples: ``{task: samples table}`` (columns :data:`umbif.data.samples.SAMPLE_COLUMNS`), e.g.
             ``{t: labelled_samples(manifest.table, t).table for t in TASKS}``. The order of the
             tasks is the order in which labels are dropped when a combination is rare (last first).
         folds: the fold count the strata must support (rarer combinations are merged, see above).

@@ -1,6 +1,6 @@
 """From a predictions table to ``metrics.json``: metrics with patient-bootstrap CIs, ROC, calibration, per site, DeLong.
 
-The input is the table every method writes (columns :data:`umbif.eval.tasks.PREDICTION_COLUMNS`,
+The input is the table every method writes (columns :data:`PREDICTION_COLUMNS`,
 one row per method, task, scheme, repeat and sample); everything here is computed from it alone, so
 methods are compared on identical samples and folds.
 
@@ -9,7 +9,7 @@ methods are compared on identical samples and folds.
 - Interval: patient-level bootstrap percentile interval of that same repeat-averaged statistic.
   A replicate resamples patients with replacement; every prediction of a drawn patient (in every
   repeat) enters with the patient's draw count as its weight, so a replicate is one weight matrix
-  and all replicates are scored at once (:func:`umbif.eval.metrics.binary_metrics`).
+  and all replicates are scored at once (:func:`umbif.metrics.binary_metrics`).
 - ROC points, reliability curve and per-site metrics: repeat 0.
 - Comparison: DeLong's test against ``reference_method`` on the samples both methods scored, each
   sample's score averaged over repeats.
@@ -33,7 +33,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from umbif.eval.metrics import (
+from umbif.data.samples import TASKS
+from umbif.eval.splits import SCHEMES
+from umbif.metrics import (
     METRIC_NAMES,
     binary_metrics,
     delong,
@@ -41,9 +43,31 @@ from umbif.eval.metrics import (
     percentile_interval,
     reliability_curve,
 )
-from umbif.eval.splits import SCHEMES
-from umbif.eval.tasks import PREDICTION_COLUMNS, REFERENCE, TASKS
 from umbif.utils import write_text_atomic
+
+# One row per prediction a method makes; every method writes this table and the metrics are
+# computed from it alone, so methods compare on identical samples and folds.
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "method",  # e.g. "umbif-probe"
+    "task",  # one of TASKS
+    "scheme",  # "kfold" or "loso"
+    "repeat",  # repeat index (kfold); 0 for loso
+    "fold",  # fold index within the repeat
+    "sample_id",
+    "patient_id",
+    "site",
+    "y",  # 0/1 truth
+    "score",  # predicted probability of the positive class
+    "threshold",  # decision threshold chosen on that fold's training data; positive when score >= threshold
+)
+# Published reference figures (UMBIF on real multicentre data). Shown beside, never mixed with,
+# results measured here.
+REFERENCE: dict[str, dict[str, float]] = {
+    "outcome": {"accuracy": 0.899, "auc": 0.815},
+    "codeletion_1p19q": {"accuracy": 0.898, "auc": 0.916},
+    "idh": {"accuracy": 0.829, "auc": 0.896},
+    "mgmt": {"accuracy": 0.905, "auc": 0.859},
+}
 
 FORMAT = "umbif-metrics"
 VERSION = 1
@@ -219,7 +243,7 @@ def summarize(
     """The ``results`` list of ``metrics.json``: one entry per method, task and scheme in ``predictions``.
 
     Args:
-        predictions: the predictions table (:data:`umbif.eval.tasks.PREDICTION_COLUMNS`).
+        predictions: the predictions table (:data:`PREDICTION_COLUMNS`).
         n_bootstrap: patient-bootstrap replicates per result.
         level: coverage of the intervals.
         seed: bootstrap seed; every result uses it, so methods scored on the same patients see
@@ -301,7 +325,7 @@ def metrics_document(
         reference_method, n_bootstrap, level, seed, reliability_bins: see :func:`summarize`.
 
     Returns:
-        the document; published figures (:data:`umbif.eval.tasks.REFERENCE`) under ``"reference"``.
+        the document; published figures (:data:`REFERENCE`) under ``"reference"``.
 
     Example:
         >>> write_metrics(metrics_document(predictions, methods=descriptions, provenance=provenance()), path)

@@ -1,4 +1,5 @@
-"""The UMBIF model (``umbif.models.umbif``) and encoder export/load (``umbif.models.io``)."""
+"""The UMBIF model (``umbif.models.umbif``, built from the transformer blocks of ``umbif.models.blocks``) and
+encoder export/load (``umbif.models.io``)."""
 
 from umbif.models.io import load_encoder, load_state_tolerant, save_encoder
 from umbif.models.umbif import (

@@ -167,14 +167,14 @@ def load_state_tolerant(module: nn.Module, state_dict: dict[str, torch.Tensor], 
     if mismatched:
         raise ValueError(
             f"{len(mismatched)} layers have another shape than the model (is the config the one these "
-            f"weights were trained with?): {_listing(mismatched)}"
+            f"weights were trained with?): {name_listing(mismatched)}"
         )
     missing = [name for name in expected if name not in mapped]
     unexpected = [source[name] for name in mapped if name not in expected]
     if missing or unexpected:
         message = (
-            f"{len(missing)} missing keys (kept at their initial values): {_listing(missing)}; "
-            f"{len(unexpected)} unexpected keys (ignored): {_listing(unexpected)}"
+            f"{len(missing)} missing keys (kept at their initial values): {name_listing(missing)}; "
+            f"{len(unexpected)} unexpected keys (ignored): {name_listing(unexpected)}"
         )
         if strict:
             raise ValueError(message + "; pass strict=False to load anyway")
@@ -183,8 +183,9 @@ def load_state_tolerant(module: nn.Module, state_dict: dict[str, torch.Tensor], 
     return LoadReport(missing=missing, unexpected=unexpected)
 
 
-def _listing(names: list[str]) -> str:
-    """All names up to ``_SHOWN``; the rest counted by their first two name parts."""
+def name_listing(names: list[str]) -> str:
+    """``names`` (state-dict keys) for a message: the first ``_SHOWN`` listed, the rest counted by their
+    first two name parts; "none" when there are none."""
     if not names:
         return "none"
     rest = Counter(".".join(name.split(".")[:2]) + ".*" for name in names[_SHOWN:])

@@ -1,7 +1,8 @@
 """UMBIF: a masked-autoencoder and contrastive ViT over any subset of four co-registered MRI sequences.
 
-Read top to bottom like MAE's ``models_mae.py``: config and presets, then the pure functions (patchify,
-masking, packing, losses), the transformer blocks, the encoder, the decoder and the pretrainer.
+Read top to bottom like MAE's ``models_mae.py``: the config, then the pure functions (patchify, masking,
+packing, losses), the encoder, the decoder, the pretrainer and the size presets. The transformer blocks
+are shared with the other ViTs of umbif and live in :mod:`umbif.models.blocks`.
 
 Tokens. Each sequence ``s`` of an exam ``[S, X, Y, Z]`` is cut into ``L = (X/p)(Y/p)(Z/p)`` cubes of
 ``p^3`` voxels; token ``(s, l)`` is ``PatchEmbed_s(patch) + pos(l) + seq_embed(s)``. Tokens are laid out
@@ -25,26 +26,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import model_validator
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from umbif.config import FrozenConfig
+from umbif.models.blocks import Block, init_weights, run_blocks
 from umbif.models.pos_embed import sincos_pos_embed_3d
-
-# Sizes. The field defaults of ModelConfig are the tiny preset (trains on 2 CPU cores); small, base and
-# large follow ViT-S/B/L with MAE's light decoders. Parameter counts: docs/model.md.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {},
-    "small": {"dim": 384, "depth": 12, "heads": 6, "decoder_dim": 256, "decoder_depth": 4, "decoder_heads": 8},
-    "base": {"dim": 768, "depth": 12, "heads": 12, "decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16},
-    "large": {"dim": 1024, "depth": 24, "heads": 16, "decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16},
-}
 
 
 class ModelConfig(FrozenConfig):
     """The UMBIF architecture and its pretraining objective.
 
-    ``preset`` fills every size field the caller does not set, so ``ModelConfig(preset="base",
-    mask_ratio=0.8)`` is ViT-B with another mask ratio, and a YAML file can say just ``preset: base``.
+    ``preset`` fills every size field the caller does not set (from :data:`PRESETS`, at the end of this
+    module), so ``ModelConfig(preset="base", mask_ratio=0.8)`` is ViT-B with another mask ratio, and a
+    YAML file can say just ``preset: base``.
 
     Example:
         >>> ModelConfig(preset="small").dim
@@ -259,75 +252,6 @@ def info_nce(
     return F.cross_entropy(logits, target)
 
 
-# ----------------------------------------------------------------------------- blocks (timm style)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention on ``scaled_dot_product_attention`` (fused kernels where available)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, M, E = x.shape
-        qkv = self.qkv(x).reshape(B, M, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)  # [3, B, H, M, E/H]
-        q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, M, E/H]
-        return self.proj(x.transpose(1, 2).reshape(B, M, E))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), attn_mask)
-        return x + self.mlp(self.norm2(x))
-
-
-def run_blocks(
-    blocks: nn.ModuleList, x: torch.Tensor, token_mask: torch.Tensor, grad_checkpointing: bool
-) -> torch.Tensor:
-    """Apply ``blocks`` to ``x`` ``[B, M, E]``; padding (``token_mask`` False) is never attended to."""
-    attn_mask = None if bool(token_mask.all()) else token_mask[:, None, None, :]  # [B, 1, 1, M] keys
-    for block in blocks:
-        if grad_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, x, attn_mask, use_reentrant=False)
-        else:
-            x = block(x, attn_mask)
-    return x
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 # ----------------------------------------------------------------------------- encoder
 
 
@@ -362,7 +286,7 @@ class UMBIFEncoder(nn.Module):
         self.register_buffer("pos_embed", sincos_pos_embed_3d(E, config.grid), persistent=False)  # [L, E]
         self.blocks = nn.ModuleList(Block(E, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.norm = nn.LayerNorm(E, eps=1e-6)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.normal_(self.seq_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
 
@@ -452,7 +376,7 @@ class UMBIFDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(E, eps=1e-6)
         self.pred = nn.Linear(E, config.patch_size**3)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.normal_(self.seq_embed, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
 
@@ -526,7 +450,7 @@ class UMBIFPretrainer(nn.Module):
             self.projector = nn.Sequential(
                 nn.Linear(config.dim, config.dim), nn.GELU(), nn.Linear(config.dim, config.proj_dim)
             )
-            self.projector.apply(_init_weights)
+            self.projector.apply(init_weights)
         if config.queue_size and self.projector is not None:
             self.register_buffer("queue", torch.zeros(config.queue_size, config.proj_dim))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # next slot to write
@@ -637,3 +561,15 @@ class UMBIFPretrainer(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------- presets
+
+# Sizes. The field defaults of ModelConfig are the tiny preset (trains on 2 CPU cores); small, base and
+# large follow ViT-S/B/L with MAE's light decoders. Parameter counts: docs/model.md.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "small": {"dim": 384, "depth": 12, "heads": 6, "decoder_dim": 256, "decoder_depth": 4, "decoder_heads": 8},
+    "base": {"dim": 768, "depth": 12, "heads": 12, "decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16},
+    "large": {"dim": 1024, "depth": 24, "heads": 16, "decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16},
+}

@@ -26,12 +26,13 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from umbif.config import FrozenConfig
-from umbif.data.cache import EXAMS_DIR
+from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
 from umbif.models.umbif import ModelConfig, UMBIFPretrainer, count_parameters
 from umbif.provenance import provenance
 from umbif.train.augment import AugmentConfig, augment, two_views
 from umbif.train.checkpoint import DEFAULT_IGNORE, latest_checkpoint, load_checkpoint, save_checkpoint
+from umbif.train.device import autocast_dtype
 from umbif.train.distributed import (
     DistInfo,
     all_gather_with_grad,
@@ -104,17 +105,6 @@ class PretrainConfig(FrozenConfig):
         return data
 
 
-def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the device has it (every CPU torch build; CUDA from Ampere on), else full precision."""
-    if setting == "off":
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        if setting == "bf16":
-            raise ValueError("this GPU has no bf16; use --amp off")
-        return None
-    return torch.bfloat16
-
-
 def batches(loader, start: int) -> Iterator[dict[str, Any]]:
     """Batches from global position ``start`` (counted in micro-batches) on, across epochs."""
     per_epoch = loader.sampler.num_samples // loader.batch_size
@@ -151,7 +141,7 @@ def tumour_centres(dataset: CacheDataset) -> tuple[dict[str, torch.Tensor], int]
     centres = {}
     for entry in dataset.entries:
         if entry.get("has_seg"):
-            seg = np.load(dataset.cache_dir / EXAMS_DIR / entry["files"]["masks"], mmap_mode="r")[1]  # [X, Y, Z]
+            seg = dataset.cache.load(entry["exam_id"], "masks")[1]  # [X, Y, Z]
             spans = [np.flatnonzero(seg.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
             if spans[0].size:
                 centres[entry["exam_id"]] = torch.tensor([(s[0] + s[-1]) / 2 for s in spans], dtype=torch.float64)
@@ -160,16 +150,15 @@ def tumour_centres(dataset: CacheDataset) -> tuple[dict[str, torch.Tensor], int]
     return centres, skipped
 
 
-def data_fingerprint(cache_dir: Path, exam_ids: list[str]) -> str:
-    """Which exams a run trains on: the cache plan and the sorted exam ids."""
+def data_fingerprint(plan_fingerprint: str, exam_ids: list[str]) -> str:
+    """Which exams a run trains on: the cache's plan fingerprint and the sorted exam ids."""
     import hashlib
 
-    plan = json.loads((Path(cache_dir) / "plan.json").read_text()).get("fingerprint", "")
-    return hashlib.sha256(json.dumps([plan, sorted(exam_ids)]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([plan_fingerprint, sorted(exam_ids)]).encode()).hexdigest()[:16]
 
 
 def pretrain(
-    cache_dir: str | Path,
+    cache: Cache | str | Path,
     run_dir: str | Path,
     config: PretrainConfig,
     exam_ids: list[str] | None = None,
@@ -179,7 +168,8 @@ def pretrain(
     """Pretrain UMBIF on the exams of a cache.
 
     Args:
-        cache_dir: written by ``umbif preprocess``; its grid must be at least ``model.image_size``.
+        cache: a :class:`umbif.data.cache.Cache` or the folder ``umbif preprocess`` wrote; its grid must be at
+            least ``model.image_size``.
         run_dir: where checkpoints, metrics.jsonl, previews and config.json go.
         exam_ids: train on these exams only (e.g. a manifest's); default every cached exam.
         resume: continue from the run's latest checkpoint (error if there is none).
@@ -199,16 +189,18 @@ def pretrain(
     torch.manual_seed(config.seed + info.rank)
 
     # ---- data
-    dataset = CacheDataset(cache_dir, exam_ids=sorted(exam_ids) if exam_ids is not None else None)
+    dataset = CacheDataset(cache, exam_ids=sorted(exam_ids) if exam_ids is not None else None)
     dataset.entries.sort(key=lambda entry: entry["exam_id"])  # batches do not depend on manifest row order
     if not len(dataset):
-        raise ValueError(f"{cache_dir} holds no exam to train on; run `umbif preprocess` first")
+        raise ValueError(f"{dataset.cache.path} holds no exam to train on; run `umbif preprocess` first")
     centres, skipped = None, 0
     if config.crop == "tumour":  # SSL-Cerebral: only exams with a tumour, boxes centred on it
         centres, skipped = tumour_centres(dataset)
         log.info("tumour crops: %d exams with a segmented tumour, %d without skipped", len(dataset), skipped)
         if not len(dataset):
-            raise ValueError(f"none of the {skipped} exams in {cache_dir} has a segmented tumour (crop 'tumour')")
+            raise ValueError(
+                f"none of the {skipped} exams in {dataset.cache.path} has a segmented tumour (crop 'tumour')"
+            )
     first = dataset[0]  # also the exam of the reconstruction previews
     grid = tuple(first["image"].shape[1:])
     if any(g < s for g, s in zip(grid, config.model.image_size, strict=True)):
@@ -225,7 +217,7 @@ def pretrain(
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
     scheduler = warmup_cosine(optimizer, config.warmup_steps, config.total_steps, config.min_lr_ratio)
     generator = torch.Generator(device=info.device).manual_seed(config.seed * 1000 + info.rank)  # views + masks
-    fingerprint = data_fingerprint(Path(cache_dir), [e["exam_id"] for e in dataset.entries])
+    fingerprint = data_fingerprint(dataset.cache.fingerprint, [e["exam_id"] for e in dataset.entries])
 
     step = 0
     if resume:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from umbif import SEQUENCES
-from umbif.data.dicom import DicomError, GeometryError, convert, read_headers
+from umbif.data.dicom_io import DicomError, GeometryError, convert, read_headers
 from umbif.data.pseudonym import Pseudonymiser
 from umbif.data.sources.common import IngestReport, manifest_from_rows, site_name
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from umbif.data.manifest import Manifest
-from umbif.eval.tasks import SAMPLE_COLUMNS, TASKS, check_task, labelled_samples
+from umbif.data.samples import SAMPLE_COLUMNS, TASKS, check_task, labelled_samples
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from umbif.eval.metrics import (
+from umbif.metrics import (
     METRIC_NAMES,
     binary_metrics,
     bootstrap_ci,

@@ -1,23 +1,16 @@
-"""Fine-tune the pretrained UMBIF encoder on the glioma tasks: one model, one head per task.
+"""The supervised training loop: a multi-task model on the labelled, cached exams, one head per task.
 
-Read top to bottom: config, items (what one training example is), the model
-(:class:`umbif.models.heads.MultiTaskModel`) and the pure pieces (masked loss, layer-wise learning rates,
-inner split), the loop, and the entry points — :func:`finetune_and_predict` for cross-validation, :func:`finetune` +
-:func:`save_finetuned` for the final model (a classifier folder for ``umbif predict``).
+Shared by fine-tuning the pretrained encoder (``umbif.adapt.finetune``) and the 3D CNN baselines
+trained from scratch (``umbif.baselines.cnn``): the model comes from a builder and its parameter groups
+from a function, so both run through the same items (``umbif.data.samples.build_items``), masked loss
+(``umbif.train.losses``), inner split, early stopping and thresholds.
 
-The loop (:func:`fit_multitask`, :func:`fit_and_predict`) takes the model as a builder and its parameter groups
-as a function, so the 3D CNN baselines trained from scratch (``umbif.baselines.cnn``) run through the same items,
-masked loss, inner split, early stopping and thresholds.
-
-Items. A sample of ``idh``/``mgmt``/``codeletion_1p19q`` is an exam; a sample of ``outcome`` is a
-(baseline, follow-up) pair. Samples of all tasks are merged into *items* keyed by
-``(exam_id, baseline_exam_id)`` with one label per task, NaN where the item has none (1p/19q exists
-only for IDH-mutant tumours; a pair has no genotype label). The loss of an item is the BCE summed over
-the tasks it is labelled for, so a missing label contributes no gradient. The shared encoder embeds
-both exams of a pair; the outcome head sees ``concat(baseline, followup, followup - baseline)``.
+Read top to bottom: config, the item dataset, the pure pieces (layer-wise learning rates, inner split),
+the trained model, the loop (:func:`fit_multitask`), prediction (:func:`predict`) and one fold of
+cross-validation (:func:`fit_and_predict`).
 
 Everything chosen from data — early stopping, the decision threshold (Youden J, by
-``umbif.eval.metrics.choose_threshold`` as for the probe) and the class weights — comes from the training
+``umbif.metrics.choose_threshold`` as for the probe) and the class weights — comes from the training
 tables only: an inner validation split of the training *patients* (grouped, stratified), never the test rows.
 """
 
@@ -36,33 +29,26 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from pydantic import model_validator
 from torch.utils.data import DataLoader, Dataset
 
-from umbif.adapt import classifier
-from umbif.adapt.embed import pick_device
 from umbif.config import FrozenConfig
-from umbif.data.cache import read_index, read_plan
+from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
-from umbif.data.manifest import LABELS
-from umbif.eval.metrics import choose_threshold, roc_auc
-from umbif.eval.tasks import PAIRED_TASKS, SAMPLE_COLUMNS, check_task
-from umbif.models.heads import MultiTaskModel, TaskHead
-from umbif.models.io import load_encoder
+from umbif.data.samples import Items, build_items, check_task
+from umbif.metrics import choose_threshold, roc_auc
+from umbif.models.heads import MultiTaskModel
 from umbif.models.umbif import ModelConfig, UMBIFEncoder
-from umbif.provenance import provenance, write_provenance
 from umbif.train.augment import AugmentConfig, augment
+from umbif.train.device import autocast_dtype as pretrain_autocast
+from umbif.train.device import pick_device
 from umbif.train.distributed import seed_everything
-from umbif.train.pretrain import autocast_dtype as _pretrain_autocast
+from umbif.train.losses import masked_bce
 from umbif.train.schedule import warmup_cosine
 from umbif.utils import write_text_atomic
 
-HISTORY_FILE = "history.jsonl"
-PROVENANCE_FILE = "provenance.json"
-
-# light augmentation for fine-tuning: left-right flips and a small per-sequence scale/shift, whole grid
-FINETUNE_AUGMENT = AugmentConfig(
+# light augmentation for supervised training: left-right flips and a small per-sequence scale/shift, whole grid
+LIGHT_AUGMENT = AugmentConfig(
     crop=None,
     flip_prob=0.5,
     gamma_prob=0.0,
@@ -96,7 +82,7 @@ class TrainConfig(FrozenConfig):
     monitor: Literal["loss", "auc"] = "loss"  # inner-validation loss (lower) or mean AUC over tasks (higher)
     val_fraction: float = 0.2  # share of training patients held out as the inner validation split
     pos_weight: bool = True  # weigh positives by n_negative / n_positive per task (training prevalence)
-    augment: AugmentConfig | None = FINETUNE_AUGMENT  # flips + light intensity; None: no augmentation
+    augment: AugmentConfig | None = LIGHT_AUGMENT  # flips + light intensity; None: no augmentation
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA where supported, off on the CPU
     seed: int = 0  # model initialisation, batch order, augmentation, inner split
     num_workers: int = 0  # data loader processes
@@ -114,119 +100,7 @@ class TrainConfig(FrozenConfig):
         return self
 
 
-class FinetuneConfig(TrainConfig):
-    """How the encoder and its task heads are fine-tuned; saved in the output's provenance.
-
-    Example:
-        >>> FinetuneConfig(head="mlp", mode="partial", trainable_blocks=2).epochs
-        30
-    """
-
-    head: Literal["linear", "mlp", "attention"] = "linear"  # linear/MLP on CLS, attention pooling; only linear exports
-    mode: Literal["full", "partial", "frozen"] = "full"  # train all | the last trainable_blocks blocks | heads only
-    trainable_blocks: int = 1  # partial mode: the last k encoder blocks (and the final norm) train
-    layer_decay: float = 0.75  # block i gets lr * layer_decay^(depth - i), the embeddings lr * layer_decay^(depth + 1)
-    mlp_hidden: int = 256  # hidden width of the MLP head
-    head_dropout: float = 0.1  # dropout of the MLP head
-    pool_heads: int = 1  # heads of attention pooling (must divide the encoder width)
-
-    @model_validator(mode="after")
-    def _check_finetune(self) -> FinetuneConfig:
-        if min(self.trainable_blocks, self.mlp_hidden) < 1:
-            raise ValueError("trainable_blocks and mlp_hidden must be >= 1")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"need 0 < layer_decay <= 1, got {self.layer_decay}")
-        return self
-
-
 # ----------------------------------------------------------------------------- items
-
-
-@dataclass(frozen=True)
-class Items:
-    """Training or test examples: one per distinct ``(exam_id, baseline_exam_id)``.
-
-    ``labels`` is ``[N, T]`` float32 in ``tasks`` order, NaN where an item has no label for a task;
-    ``rows[task]`` maps each row of the task's sample table to its item index.
-    """
-
-    exam_ids: list[str]
-    baseline_ids: list[str]  # "" for single-exam items
-    patient_ids: list[str]
-    labels: np.ndarray  # [N, T]
-    tasks: tuple[str, ...]
-    rows: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.exam_ids)
-
-    def subset(self, index: np.ndarray) -> Items:
-        """The items at ``index`` (``rows`` is dropped: it refers to the full set)."""
-        pick = [int(i) for i in index]
-        return Items(
-            [self.exam_ids[i] for i in pick],
-            [self.baseline_ids[i] for i in pick],
-            [self.patient_ids[i] for i in pick],
-            self.labels[pick],
-            self.tasks,
-        )
-
-
-def build_items(tables: Mapping[str, pd.DataFrame], tasks: Sequence[str], with_labels: bool = True) -> Items:
-    """Merge per-task sample tables (``umbif.eval.tasks.SAMPLE_COLUMNS``) into items.
-
-    Args:
-        tables: task -> sample table.
-        tasks: the model's tasks, in head order (every key of ``tables`` must be one).
-        with_labels: False for test tables: their labels are never read.
-
-    Returns:
-        :class:`Items`.
-
-    Raises:
-        ValueError: a column is missing, an outcome row has no baseline, or one exam has two labels for a task.
-
-    Example:
-        >>> items = build_items({"idh": idh_table, "mgmt": mgmt_table}, ("idh", "mgmt"))
-    """
-    keys: dict[tuple[str, str], int] = {}
-    exams: list[str] = []
-    baselines: list[str] = []
-    patients: list[str] = []
-    labels: list[list[float]] = []
-    rows: dict[str, np.ndarray] = {}
-    for task, table in tables.items():
-        if task not in tasks:
-            raise ValueError(f"task {task!r} is not one of the model's tasks {list(tasks)}")
-        missing = [c for c in SAMPLE_COLUMNS if c not in table.columns]
-        if missing:
-            raise ValueError(f"the {task} sample table lacks columns {missing}; build it with umbif.eval.tasks")
-        t = tasks.index(task)
-        index = []
-        for exam, baseline, patient, y in zip(
-            table["exam_id"], table["baseline_exam_id"], table["patient_id"], table["y"], strict=True
-        ):
-            baseline = str(baseline) if task in PAIRED_TASKS else ""
-            if task in PAIRED_TASKS and baseline in ("", "nan"):
-                raise ValueError(f"{task} sample {exam!r} has no baseline_exam_id; outcome needs a pair")
-            key = (str(exam), baseline)
-            if key not in keys:
-                keys[key] = len(exams)
-                exams.append(key[0])
-                baselines.append(baseline)
-                patients.append(str(patient))
-                labels.append([math.nan] * len(tasks))
-            i = keys[key]
-            value = float(y) if with_labels else math.nan
-            if with_labels and value not in (0.0, 1.0):
-                raise ValueError(f"{task} sample {exam!r}: y must be 0 or 1, got {y!r}")
-            if not math.isnan(labels[i][t]) and labels[i][t] != value:
-                raise ValueError(f"{task} sample {exam!r} appears twice with different labels")
-            labels[i][t] = value
-            index.append(i)
-        rows[task] = np.asarray(index, dtype=np.int64)
-    label_array = np.asarray(labels, dtype=np.float32).reshape(len(exams), len(tasks))
-    return Items(exams, baselines, patients, label_array, tuple(tasks), rows)
 
 
 class ItemDataset(Dataset):
@@ -268,41 +142,7 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-# ----------------------------------------------------------------------------- model and pure pieces
-
-
-def build_model(encoder: UMBIFEncoder, tasks: Sequence[str], config: FinetuneConfig) -> MultiTaskModel:
-    """The encoder with one ``config.head`` head per task (pair heads for the paired tasks), in ``mode``."""
-    E = encoder.config.dim
-    heads = {
-        check_task(task): TaskHead(
-            E, config.head, task in PAIRED_TASKS, config.mlp_hidden, config.head_dropout, config.pool_heads
-        )
-        for task in tasks
-    }
-    return MultiTaskModel(encoder, heads, config.mode, config.trainable_blocks)
-
-
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over items of the BCE summed over the tasks each item is labelled for.
-
-    Args:
-        logits: ``[B, T]``.
-        labels: ``[B, T]`` 0/1, NaN where missing (no loss, no gradient).
-        pos_weight: ``[T]`` weight of positive examples per task, or None.
-
-    Returns:
-        scalar float32 tensor.
-
-    Example:
-        >>> masked_bce(torch.zeros(2, 2), torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
-        tensor(1.0397)
-    """
-    labelled = ~torch.isnan(labels)
-    loss = F.binary_cross_entropy_with_logits(
-        logits.float(), labels.nan_to_num(0.0).float(), pos_weight=pos_weight, reduction="none"
-    )
-    return torch.where(labelled, loss, 0.0).sum() / max(1, logits.shape[0])
+# ----------------------------------------------------------------------------- pure pieces
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -381,7 +221,7 @@ def inner_split(patients: Sequence[str], strata: Sequence[str], val_fraction: fl
 
 
 @dataclass
-class Finetuned:
+class TrainedModel:
     """A trained multi-task model (:func:`fit_multitask`) and everything :func:`save_finetuned` writes next to it."""
 
     model: MultiTaskModel  # the best epoch's weights, eval mode
@@ -405,19 +245,18 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     ~1.5x slower there for the tiny encoder (no bf16 matrix units), and small cohorts gain nothing."""
     if setting == "auto" and device.type == "cpu":
         return None
-    return _pretrain_autocast(setting, device)
+    return pretrain_autocast(setting, device)
 
 
-def _cache_dataset(cache_dir: Path, items: Items) -> CacheDataset:
-    needed = sorted(set(items.exam_ids) | {b for b in items.baseline_ids if b})
-    cached = {entry["exam_id"] for entry in read_index(cache_dir)["exams"]}
-    missing = [e for e in needed if e not in cached]
+def _cache_dataset(cache: Cache, items: Items) -> CacheDataset:
+    needed = items.exams_needed()
+    missing = [e for e in needed if e not in cache]
     if missing:
         raise ValueError(
-            f"{len(missing)} exams of the samples are not in the cache {cache_dir}: {missing[:5]}; "
+            f"{len(missing)} exams of the samples are not in the cache {cache.path}: {missing[:5]}; "
             "run `umbif preprocess` on their manifest or leave those samples out"
         )
-    return CacheDataset(cache_dir, exam_ids=needed)
+    return CacheDataset(cache, needed)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -504,15 +343,16 @@ def _strata(items: Items) -> list[str]:
 def fit_multitask(
     build: Callable[[tuple[str, ...], tuple[int, int, int]], MultiTaskModel],
     groups: Callable[[MultiTaskModel], list[dict[str, Any]]],
-    cache_dir: str | Path,
+    cache: Cache | str | Path,
     train: Mapping[str, pd.DataFrame],
     config: TrainConfig,
     device: str | torch.device | None = None,
     on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
     exclude_patients: Sequence[str] = (),
-) -> Finetuned:
-    """Train a multi-task model on the cached exams of ``train``: the loop behind :func:`finetune` and the CNN
-    baselines (``umbif.baselines.cnn``), which differ only in ``build`` and ``groups``.
+) -> TrainedModel:
+    """Train a multi-task model on the cached exams of ``train``: the loop behind fine-tuning
+    (``umbif.adapt.finetune``) and the CNN baselines (``umbif.baselines.cnn``), which differ only in
+    ``build`` and ``groups``.
 
     The training items are split into inner train and inner validation (whole patients, stratified,
     ``val_fraction``); the model trains on the first, is early-stopped on the second (``monitor``,
@@ -524,15 +364,15 @@ def fit_multitask(
         build: ``(tasks, cache grid) -> model``, called after seeding; a :class:`MultiTaskModel` (any encoder
             with ``forward_tokens``) whose heads are in ``tasks`` order.
         groups: ``model -> AdamW parameter groups`` (e.g. :func:`param_groups`).
-        cache_dir: the exam cache.
-        train: task -> sample table (``umbif.eval.tasks.SAMPLE_COLUMNS``), all rows labelled.
+        cache: the exam cache (a :class:`umbif.data.cache.Cache` or its folder).
+        train: task -> sample table (``umbif.data.samples.SAMPLE_COLUMNS``), all rows labelled.
         config: the loop's settings.
         device: default CUDA when available, else CPU.
         on_epoch: called after each epoch with ``(epoch, max_epochs, record)``.
         exclude_patients: patients to leave out of training (e.g. those of a test fold).
 
     Returns:
-        :class:`Finetuned` (``model_config`` is the encoder's when it is a :class:`UMBIFEncoder`, else None).
+        :class:`TrainedModel` (``model_config`` is the encoder's when it is a :class:`UMBIFEncoder`, else None).
 
     Raises:
         ValueError: an empty task, too few patients, exams not in the cache.
@@ -542,7 +382,7 @@ def fit_multitask(
         >>> build = lambda tasks, grid: build_model(encoder, tasks, config)
         >>> result = fit_multitask(build, lambda m: param_groups(m, 1e-3, 0.75, 0.05), "cache", tables, config)
     """
-    cache_dir = Path(cache_dir)
+    cache = cache if isinstance(cache, Cache) else Cache(cache)
     dev = pick_device(device)
     tasks = tuple(check_task(t) for t in train)
     if not tasks:
@@ -558,17 +398,15 @@ def fit_multitask(
     items = build_items(kept, tasks)
     dropped = sorted({str(p) for table in train.values() for p in table["patient_id"]} & excluded)
 
-    preprocess = read_plan(cache_dir)["preprocess"]
-    grid = tuple(int(n) for n in preprocess["shape"])
-    cache = _cache_dataset(cache_dir, items)
+    dataset = _cache_dataset(cache, items)
     seed_everything(config.seed)
-    model = build(tasks, grid).to(dev)  # type: ignore[arg-type]
+    model = build(tasks, cache.grid).to(dev)
     if model.tasks != tasks:
         raise ValueError(f"the model's heads {list(model.tasks)} are not the tasks {list(tasks)} in order")
 
     val_mask = inner_split(items.patient_ids, _strata(items), config.val_fraction, config.seed)
     inner_train, inner_val = items.subset(np.flatnonzero(~val_mask)), items.subset(np.flatnonzero(val_mask))
-    train_set, val_set = ItemDataset(cache, inner_train), ItemDataset(cache, inner_val)
+    train_set, val_set = ItemDataset(dataset, inner_train), ItemDataset(dataset, inner_val)
     pos_weight = torch.from_numpy(_pos_weight(inner_train.labels)).to(dev) if config.pos_weight else None
 
     history, best_state, best_epoch = _fit(model, groups(model), train_set, val_set, config, dev, pos_weight, on_epoch)
@@ -591,49 +429,9 @@ def fit_multitask(
     n_train = {task: len(table) for task, table in kept.items()}
     encoder = model.encoder
     model_config = encoder.config if isinstance(encoder, UMBIFEncoder) else None
-    return Finetuned(
-        model.cpu(), model_config, config, thresholds, rules, n_train, history, preprocess, best_epoch, dropped
+    return TrainedModel(
+        model.cpu(), model_config, config, thresholds, rules, n_train, history, cache.preprocess, best_epoch, dropped
     )
-
-
-def finetune(
-    encoder_dir: str | Path,
-    cache_dir: str | Path,
-    train: Mapping[str, pd.DataFrame],
-    config: FinetuneConfig | None = None,
-    device: str | torch.device | None = None,
-    on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
-    exclude_patients: Sequence[str] = (),
-) -> Finetuned:
-    """Fine-tune the encoder with one head per task of ``train`` (:func:`fit_multitask` with the exported
-    encoder on the cache grid, ``config.head`` heads and layer-wise learning rates).
-
-    Args:
-        encoder_dir: an encoder exported by ``umbif export`` / :func:`umbif.models.io.save_encoder`.
-        cache_dir, train, device, on_epoch, exclude_patients: as in :func:`fit_multitask`.
-        config: settings (default :class:`FinetuneConfig`).
-
-    Returns:
-        :class:`Finetuned`.
-
-    Raises:
-        ValueError: an empty task, too few patients, exams not in the cache, an encoder that does not fit the grid.
-        FileNotFoundError: no encoder or no cache.
-
-    Example:
-        >>> result = finetune("runs/encoder", "cache", {"idh": samples.table}, FinetuneConfig(epochs=20))
-        >>> save_finetuned(result, "models/idh")
-    """
-    settings = config or FinetuneConfig()
-
-    def build(tasks: tuple[str, ...], grid: tuple[int, int, int]) -> MultiTaskModel:
-        encoder = load_encoder(encoder_dir, image_size=grid)  # fixed sin-cos positions: the weights fit any grid
-        return build_model(encoder, tasks, settings)
-
-    def groups(model: MultiTaskModel) -> list[dict[str, Any]]:
-        return param_groups(model, settings.lr, settings.layer_decay, settings.weight_decay)
-
-    return fit_multitask(build, groups, cache_dir, train, settings, device, on_epoch, exclude_patients)
 
 
 def _youden(items: Items, logits: np.ndarray, t: int) -> float | None:
@@ -654,7 +452,7 @@ def _fit(
     groups: list[dict[str, Any]],
     train_set: ItemDataset,
     val_set: ItemDataset,
-    config: FinetuneConfig,
+    config: TrainConfig,
     device: torch.device,
     pos_weight: torch.Tensor | None,
     on_epoch: Callable[[int, int, dict[str, Any]], None] | None,
@@ -721,8 +519,8 @@ def _fit(
 
 
 def predict(
-    finetuned: Finetuned,
-    cache_dir: str | Path,
+    finetuned: TrainedModel,
+    cache: Cache | str | Path,
     tables: Mapping[str, pd.DataFrame],
     device: str | torch.device | None = None,
 ) -> dict[str, np.ndarray]:
@@ -735,7 +533,8 @@ def predict(
     items = build_items(tables, finetuned.tasks, with_labels=False)
     if not len(items):
         return {task: np.zeros(0) for task in tables}
-    dataset = ItemDataset(_cache_dataset(Path(cache_dir), items), items)
+    cache = cache if isinstance(cache, Cache) else Cache(cache)
+    dataset = ItemDataset(_cache_dataset(cache, items), items)
     model = finetuned.model.to(dev)
     logits = predict_logits(model, dataset, finetuned.config.batch_size, dev, autocast_dtype(finetuned.config.amp, dev))
     finetuned.model.cpu()
@@ -743,8 +542,8 @@ def predict(
 
 
 def fit_and_predict(
-    fit: Callable[[list[str]], Finetuned],
-    cache_dir: str | Path,
+    fit: Callable[[list[str]], TrainedModel],
+    cache: Cache | str | Path,
     train: Mapping[str, pd.DataFrame],
     test: Mapping[str, pd.DataFrame],
     device: str | torch.device | None = None,
@@ -756,8 +555,8 @@ def fit_and_predict(
     data only.
 
     Args:
-        fit: ``excluded patients -> trained model``, e.g. :func:`finetune` on ``train`` with ``exclude_patients``.
-        cache_dir: the exam cache.
+        fit: ``excluded patients -> trained model``, e.g. ``umbif.adapt.finetune.finetune`` with ``exclude_patients``.
+        cache: the exam cache.
         train: task -> labelled training samples (only checked against ``test`` here).
         test: task -> test samples (a subset of ``train``'s tasks; ``y`` is not read).
         device: as in :func:`predict`.
@@ -770,84 +569,18 @@ def fit_and_predict(
         raise ValueError(f"test tasks {unknown} have no training samples; pass them in train too")
     test_patients = sorted({str(p) for table in test.values() for p in table["patient_id"]})
     result = fit(test_patients)
-    scores = predict(result, cache_dir, test, device)
+    scores = predict(result, cache, test, device)
     return {task: (scores[task], result.thresholds[task]) for task in test}
 
 
-def finetune_and_predict(
-    encoder_dir: str | Path,
-    cache_dir: str | Path,
-    train: Mapping[str, pd.DataFrame],
-    test: Mapping[str, pd.DataFrame],
-    config: FinetuneConfig | None = None,
-    device: str | torch.device | None = None,
-) -> dict[str, tuple[np.ndarray, float]]:
-    """Fine-tune on ``train`` and score ``test``: the entry point of cross-validation (:func:`fit_and_predict`).
-
-    Args:
-        encoder_dir, cache_dir, config, device: as in :func:`finetune`.
-        train: task -> labelled training samples.
-        test: task -> test samples (a subset of ``train``'s tasks; ``y`` is not read).
-
-    Returns:
-        task -> ``(scores [len(test[task])], threshold)``; positive when ``score >= threshold``.
-
-    Example:
-        >>> out = finetune_and_predict("encoder", "cache", {"idh": train_idh}, {"idh": test_idh})
-        >>> scores, threshold = out["idh"]
-    """
-
-    def fit(excluded: list[str]) -> Finetuned:
-        return finetune(encoder_dir, cache_dir, train, config, device, exclude_patients=excluded)
-
-    return fit_and_predict(fit, cache_dir, train, test, device)
+# ----------------------------------------------------------------------------- records
 
 
-# ----------------------------------------------------------------------------- export
-
-
-def save_finetuned(finetuned: Finetuned, out_dir: str | Path) -> Path:
-    """Write a classifier folder (``umbif-classifier`` v1, method ``"finetune"``) for ``umbif predict``.
-
-    Through :func:`umbif.adapt.classifier.save_classifier` (the probe's writer): the fine-tuned encoder,
-    the linear heads (``weight``, ``bias``, ``mean`` = 0, ``scale`` = 1: the head reads the raw CLS
-    embedding) and ``classifier.json``; then ``history.jsonl`` (one line per epoch) and ``provenance.json``.
-
-    Raises:
-        ValueError: the heads are MLP or attention heads, or the model is not a UMBIF encoder (a CNN
-            baseline); only linear heads on the UMBIF CLS embedding fit the format (nothing is written then).
-
-    Example:
-        >>> save_finetuned(finetune("encoder", "cache", tables), "models/glioma")
-    """
-    out_dir = Path(out_dir)
-    model_config = finetuned.model_config
-    if model_config is None:
-        raise ValueError("only a fine-tuned UMBIF encoder can be saved as a classifier folder, not another backbone")
-    heads = {}
-    for task, head in finetuned.model.heads.items():
-        weight, bias = head.linear_parameters()  # raises for MLP/attention heads, before anything is written
-        positive, negative = LABELS[task]
-        heads[task] = classifier.TaskHead(
-            head=classifier.LinearHead(weight.numpy(), float(bias), np.zeros(weight.numel()), np.ones(weight.numel())),
-            inputs="pair" if head.pair else "exam",
-            threshold=finetuned.thresholds[task],
-            positive=positive,
-            negative=negative,
-            n_train=finetuned.n_train[task],
-            threshold_rule=finetuned.threshold_rules[task],
-        )
-    config = finetuned.config
-    record = provenance(config.to_dict(), config.seed)
-    classifier.save_classifier(
-        out_dir, finetuned.model.encoder, model_config, heads, finetuned.preprocess, model_config.image_size,
-        "finetune", record,
-    )  # fmt: skip
-    write_text_atomic(out_dir / HISTORY_FILE, "".join(json.dumps(_json_record(r)) + "\n" for r in finetuned.history))
-    write_provenance(out_dir / PROVENANCE_FILE, config.to_dict(), config.seed)
-    return out_dir
+def write_history(path: str | Path, history: Sequence[dict[str, Any]]) -> None:
+    """Write the epoch records as JSON lines; NaN (an undefined AUC) becomes null: strict JSON has no NaN."""
+    lines = "".join(json.dumps(_json_record(record)) + "\n" for record in history)
+    write_text_atomic(path, lines)
 
 
 def _json_record(record: dict[str, Any]) -> dict[str, Any]:
-    """NaN (an undefined AUC) becomes null: strict JSON has no NaN."""
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}

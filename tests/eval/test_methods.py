@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from labelled_cohort import TinyCohort, build
-from umbif.benchmark import BASELINES, benchmark, method_specs
 from umbif.cli import app
 from umbif.eval.evaluate import EvaluateConfig
+from umbif.eval.methods import BASELINES, benchmark, method_specs
 from umbif.models.io import load_encoder, save_encoder
 
 

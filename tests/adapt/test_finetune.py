@@ -20,28 +20,18 @@ from typer.testing import CliRunner
 from conftest import AFFINES, brain_phantom, save_nifti
 from umbif import SEQUENCES
 from umbif.adapt.classifier import load_classifier
+from umbif.adapt.finetune import FinetuneConfig, build_model, finetune, finetune_and_predict, save_finetuned
 from umbif.cli import app
 from umbif.config import PreprocessConfig
 from umbif.data.cache import run_preprocess
 from umbif.data.datasets import CacheDataset
 from umbif.data.manifest import Manifest
-from umbif.eval.metrics import choose_threshold
-from umbif.eval.tasks import labelled_samples
+from umbif.data.samples import build_items, labelled_samples
+from umbif.metrics import choose_threshold
 from umbif.models.io import load_encoder, save_encoder
 from umbif.models.umbif import ModelConfig, UMBIFEncoder
-from umbif.train.finetune import (
-    FinetuneConfig,
-    Finetuned,
-    build_items,
-    build_model,
-    finetune,
-    finetune_and_predict,
-    inner_split,
-    masked_bce,
-    param_groups,
-    predict,
-    save_finetuned,
-)
+from umbif.train.losses import masked_bce
+from umbif.train.supervised import TrainedModel, inner_split, param_groups, predict
 
 N_PATIENTS = 20
 GRID = (32, 32, 32)
@@ -363,7 +353,7 @@ def test_export_writes_a_classifier_folder_that_scores_like_the_model(cohort: Pa
 def test_export_refuses_mlp_and_attention_heads(cohort: Path, tmp_path: Path) -> None:
     config = _config(head="mlp")
     model = build_model(UMBIFEncoder(MODEL), ("idh",), config)
-    finetuned = Finetuned(model, MODEL, config, {"idh": 0.5}, {"idh": "x"}, {"idh": 1}, [], {}, 1)
+    finetuned = TrainedModel(model, MODEL, config, {"idh": 0.5}, {"idh": "x"}, {"idh": 1}, [], {}, 1)
     with pytest.raises(ValueError, match="only linear heads"):
         save_finetuned(finetuned, tmp_path / "model")
     assert not (tmp_path / "model").exists()
