@@ -75,7 +75,9 @@ def imports_of(module: str) -> list[Import]:
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+                base = ".".join(
+                    [*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])]
+                )
             if base.split(".")[0] != "umbif":
                 continue
             names = tuple(a.name for a in node.names)

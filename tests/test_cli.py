@@ -1,16 +1,22 @@
-"""The command line: help texts, --version, `manifest validate|summary`, and bad `preprocess` options.
-(Ingest and preprocess runs are tested with their library functions and in the end-to-end CLI tests.)"""
+"""The command line: its structure (modules, imports, command length, a fast --help), help texts,
+--version, `manifest validate|summary`, and bad options. (Ingest and preprocess runs are tested with their
+library functions and in the end-to-end CLI tests.)"""
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import umbif.cli
+import umbif.commands
 from umbif import __version__
-from umbif.cli import app
+from umbif.cli import COMMANDS, app
 
 ENV = {"COLUMNS": "200"}  # wide enough that Rich does not wrap a problem line
 
@@ -54,6 +60,11 @@ def _row(exam: str, **values: str) -> dict[str, str]:
         (["cache", "--help"], ["Usage: umbif cache", "info", "show"]),
         (["cache", "info", "--help"], ["Usage: umbif cache info", "--verify"]),
         (["cache", "show", "--help"], ["Usage: umbif cache show", "PNG", "--out"]),
+        (["evaluate", "--help"], ["Usage: umbif evaluate", "--method", "--finetune-config", "--splits"]),
+        (
+            ["benchmark", "--help"],
+            ["Usage: umbif benchmark", "<encoder>-random-probe", "cnn-densenet121", "--reference"],
+        ),
     ],
 )
 def test_help(args: list[str], expected: list[str]) -> None:
@@ -61,6 +72,12 @@ def test_help(args: list[str], expected: list[str]) -> None:
     assert result.exit_code == 0, result.output
     for text in expected:
         assert text in result.stdout
+
+
+def test_commands_are_listed_data_path_first() -> None:
+    listed = [line.split()[1] for line in _invoke("--help").stdout.splitlines() if line[2:3].isalpha()]
+    assert listed[listed.index("ingest") :] == list(COMMANDS)
+    assert listed.index("ingest") < listed.index("pretrain") < listed.index("evaluate")
 
 
 def test_version() -> None:
@@ -190,3 +207,88 @@ def test_ingest_bad_input_is_one_clear_error(make_exam, tmp_path: Path, args: li
     assert result.exit_code == 1
     assert "error:" in result.stderr and message in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_evaluate_refuses_an_unknown_method(tmp_path: Path) -> None:
+    args = ["--cache", str(tmp_path), "--encoder", str(tmp_path), "--out", str(tmp_path / "run")]
+    result = _invoke("evaluate", str(tmp_path / "manifest.csv"), *args, "--method", "magic")
+    assert result.exit_code == 1
+    assert "unknown --method 'magic'; choose probe or finetune" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- structure
+COMMANDS_DIR = Path(umbif.commands.__file__).parent
+CLI_MODULES = [Path(umbif.cli.__file__), *sorted(COMMANDS_DIR.glob("*.py"))]
+MAX_COMMAND_LINES = 50  # def line to last line: options, docstring, parse -> one library call -> print
+
+
+def _module_name(path: Path) -> str:
+    return "umbif.cli" if path.name == "cli.py" else f"umbif.commands.{path.stem}"
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every import in the file, functions included; ``import a.b`` gives ("a.b", [])."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found.extend((alias.name, []) for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("path", CLI_MODULES, ids=lambda p: p.name)
+def test_command_modules_import_only_common(path: Path) -> None:
+    """No import circle back into the app; command modules are independent of each other; nothing private crosses."""
+    for module, names in _imports(path):
+        assert module != "umbif.cli", f"{path.name} imports umbif.cli"
+        commands_module = module.startswith("umbif.commands.") or (module == "umbif.commands" and names)
+        if path.name != "cli.py" and commands_module:
+            assert module == "umbif.commands.common", f"{path.name} imports {module} {names}"
+        private = [n for n in names if n.startswith("_") and n != "__version__"]
+        assert not private, f"{path.name}: from {module} import {private}"
+
+
+def _registered(typer_app) -> list:
+    """Every command callback of a Typer app and its sub-apps."""
+    callbacks = [info.callback for info in typer_app.registered_commands]
+    for group in typer_app.registered_groups:
+        callbacks += _registered(group.typer_instance)
+    return callbacks
+
+
+def _decorated_commands(path: Path) -> list[str]:
+    """Functions of the file decorated with ``@<something>.command(...)``."""
+    tree = ast.parse(path.read_text())
+    return [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and any(
+            isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+            for d in node.decorator_list
+        )
+    ]
+
+
+def test_every_command_is_short() -> None:
+    callbacks = _registered(app)
+    assert len(callbacks) == 8 + 2 + 2 + 12  # ingest, manifest, cache sub-commands and the top-level ones
+    commands = {(c.__module__, c.__name__) for c in callbacks}
+    decorated = {(_module_name(p), name) for p in CLI_MODULES for name in _decorated_commands(p)}
+    assert decorated <= commands  # a decorated function that is not registered would be dead code
+    too_long = []
+    for module, name in sorted(commands):
+        assert module.startswith("umbif.commands."), f"{name} is defined in {module}"
+        tree = ast.parse((COMMANDS_DIR / f"{module.rsplit('.', 1)[1]}.py").read_text())
+        node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+        lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+        if lines > MAX_COMMAND_LINES:
+            too_long.append(f"{module}.{name}: {lines} lines")
+    assert not too_long
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys, umbif.cli; print(sorted(m for m in ('torch', 'pandas', 'numpy') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

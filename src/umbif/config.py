@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -30,6 +32,38 @@ class FrozenConfig(BaseModel):
         """Load a config from a YAML file; missing keys take their defaults."""
         return cls.model_validate(read_yaml(path))
 
+    @classmethod
+    def from_options(cls, path: str | Path | None = None, **options: Any) -> Self:
+        """The config of a command: the YAML file at ``path`` (if any) with the command-line options laid over it.
+
+        An option that is None was not given: the file's value (or the default) stays. An option that is a
+        mapping is laid over the file's mapping key by key (``model={"objective": "mae"}`` keeps the file's
+        other model keys). Subclasses adjust the merge by overriding :meth:`lay_over`.
+
+        Raises:
+            FileNotFoundError: ``path`` is given but is not a file.
+            ValueError: a key the config does not have, or a value it refuses; the message names each one.
+
+        Example:
+            >>> SynthConfig.from_options("configs/synth.yaml", exams=40, seed=None).exams  # doctest: +SKIP
+            40
+        """
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        settings = read_yaml(path) if path is not None else {}
+        try:
+            return cls.model_validate(cls.lay_over(settings, options))
+        except ValidationError as err:
+            source = f" (from {path} and the options)" if path is not None else ""
+            problems = "; ".join(_describe(error) for error in err.errors())
+            raise ValueError(f"{cls.__name__}{source}: {problems}") from None
+
+    @classmethod
+    def lay_over(cls, settings: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        """The merge of :meth:`from_options`: ``settings`` (the file's keys) with every option that is not
+        None laid over them, mappings key by key. A config with rules of its own overrides this."""
+        return _lay_over(settings, options)
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -37,6 +71,25 @@ class FrozenConfig(BaseModel):
         """Stable short hash of the config's values (key order does not matter)."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _lay_over(settings: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(settings)
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            below = merged.get(key)
+            merged[key] = _lay_over(below if isinstance(below, Mapping) else {}, value)
+        elif value is not None:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ErrorDetails) -> str:
+    """One pydantic error as ``field.sub: message``; unknown keys say so plainly."""
+    where = ".".join(str(part) for part in error["loc"]) or "config"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key (check its spelling; a typo is not ignored)"
+    return f"{where}: {error['msg']}"
 
 
 class PreprocessConfig(FrozenConfig):

@@ -107,6 +107,23 @@ def _split(tables: dict[str, pd.DataFrame], test_patients: set[str]):
 # ------------------------------------------------------------------------------------------- pieces
 
 
+def test_training_samples_are_the_labelled_cached_samples_with_notes(cohort: Path) -> None:
+    from umbif.adapt.finetune import training_samples
+    from umbif.data.cache import Cache
+
+    table = Manifest.read(cohort / "manifest.csv").table
+    unlabelled = table.assign(idh="", mgmt="", codeletion_1p19q="")
+    extra = table.iloc[[0]].assign(exam_id="not-cached")
+    train, notes = training_samples(pd.concat([unlabelled, extra], ignore_index=True), Cache(cohort / "cache"))
+    assert list(train) == ["outcome"] and len(train["outcome"]) == N_PATIENTS
+    assert "1 exams of the manifest are not in the cache and are left out" in notes
+    assert "no labelled samples for idh; it is left out" in notes
+    with pytest.raises(ValueError, match="no labelled samples for task 'idh'"):
+        training_samples(unlabelled, Cache(cohort / "cache"), tasks=("idh",))
+    with pytest.raises(ValueError, match="no labelled samples for any task"):
+        training_samples(unlabelled.assign(outcome=""), Cache(cohort / "cache"))
+
+
 def test_items_merge_tasks_and_mask_missing_labels(cohort: Path) -> None:
     tables = _tables(cohort)
     items = build_items(tables, tuple(tables))

@@ -381,3 +381,29 @@ def test_cache_show_draws_a_png(manifest: Manifest, tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = CliRunner().invoke(app, ["cache", "show", str(out), "--exam", "nope", "--out", str(png)])
     assert result.exit_code == 1 and "nope" in result.stderr
+
+
+def test_cache_reader_gives_plan_grid_exams_and_arrays(manifest: Manifest, tmp_path: Path) -> None:
+    from umbif.data.cache import Cache, plan_fingerprint
+
+    out = tmp_path / "cache"
+    run_preprocess(manifest, out, CONFIG)
+    cache = Cache(out)
+    assert cache.fingerprint == plan_fingerprint(CONFIG) == read_index(out)["plan_fingerprint"]
+    assert cache.grid == (24, 24, 24) and cache.preprocess == CONFIG.to_dict()
+    assert sorted(cache.exam_ids) == sorted(NAMES) and len(cache) == len(NAMES)
+    assert "e3" in cache and "nope" not in cache
+    assert cache.select(["nope", "e4", "e1"]) == ["e4", "e1"]
+    expected = preprocess_exam(manifest.exam(2), CONFIG)
+    np.testing.assert_array_equal(cache.load("e3", "image"), expected.image.astype(np.float16))
+    np.testing.assert_array_equal(cache.load("e3", "masks"), expected.masks)
+    cache.verify("e3")
+    with pytest.raises(KeyError, match="exam 'nope' is not in the cache"):
+        cache.entry("nope")
+
+
+def test_cache_reader_of_a_folder_without_a_cache_says_what_to_run(tmp_path: Path) -> None:
+    from umbif.data.cache import Cache
+
+    with pytest.raises(FileNotFoundError, match="run `umbif preprocess MANIFEST --out"):
+        Cache(tmp_path)

@@ -67,3 +67,36 @@ def test_cli_benchmark_needs_name_equals_dir(cohort: TinyCohort, tmp_path: Path)
     args = ["benchmark", str(cohort.manifest_path), "--cache", str(cohort.cache), "--out", str(tmp_path)]
     result = CliRunner().invoke(app, [*args, "--method", "umbif-probe", "--encoder", str(cohort.encoder)])
     assert result.exit_code == 1 and "--encoder takes NAME=DIR" in result.output
+
+
+def test_encoders_of_names_each_encoder_once_and_controls_need_their_architecture() -> None:
+    from umbif.eval.methods import encoders_of
+
+    methods = ["umbif-probe", "umbif-random-finetune", "ssl-imagenet-probe", "radiomics-lr", "other-random-probe"]
+    assert encoders_of(methods) == ["umbif", "ssl-imagenet", "other"]
+
+
+def test_random_init_control_is_the_same_architecture_untrained(cohort: TinyCohort, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from umbif.eval.methods import RANDOM_DIR, untrained_encoder
+    from umbif.models.io import ENCODER_FILE
+
+    (spec,) = method_specs(["umbif-random-probe"], {"umbif": cohort.encoder}, seed=3)
+    assert spec.name == "umbif-random-probe"
+    assert spec.settings["init"] == "random" and spec.settings["init_seed"] == 3
+    config = EvaluateConfig(tasks=("idh",), folds=3, loso=False, n_bootstrap=50, inner_folds=3, seed=3)
+    document = benchmark(
+        cohort.manifest.table, cohort.cache, tmp_path, ["umbif-random-probe"], {"umbif": cohort.encoder}, config
+    )
+    assert set(document["methods"]) == {"umbif-random-probe"}
+    untrained_dir = tmp_path / RANDOM_DIR / "umbif-random-probe"
+    untrained, trained = load_encoder(untrained_dir), load_encoder(cohort.encoder)
+    assert untrained.config == trained.config
+    weights, pretrained = load_file(untrained_dir / ENCODER_FILE), load_file(cohort.encoder / ENCODER_FILE)
+    assert weights.keys() == pretrained.keys()
+    assert not torch.equal(weights["patch_embed.0.weight"], pretrained["patch_embed.0.weight"])
+    twin = load_file(untrained_encoder(cohort.encoder, tmp_path / "twin", seed=3) / ENCODER_FILE)
+    other = load_file(untrained_encoder(cohort.encoder, tmp_path / "other", seed=4) / ENCODER_FILE)
+    assert all(torch.equal(twin[k], weights[k]) for k in weights)  # the seed decides the weights
+    assert not torch.equal(other["patch_embed.0.weight"], weights["patch_embed.0.weight"])

@@ -110,6 +110,16 @@ def test_resume_refuses_other_settings_and_a_used_folder(cache: Path, tmp_path: 
         pretrain(cache / "cache", tmp_path / "fresh", _config(), resume=True)
 
 
+def test_resume_refuses_a_cache_rebuilt_with_other_settings(cache: Path, tmp_path: Path) -> None:
+    """The run's data fingerprint holds the cache's plan: the same exams preprocessed otherwise are other data."""
+    pretrain(cache / "cache", tmp_path / "run", _config(total_steps=3))
+    manifest = Manifest.read(cache / "synth" / "manifest.csv")
+    rebuilt = tmp_path / "rebuilt"
+    run_preprocess(manifest, rebuilt, PreprocessConfig(spacing=(3.5,) * 3, shape=(32, 32, 32)))
+    with pytest.raises(ValueError, match="data fingerprint differs"):
+        pretrain(rebuilt, tmp_path / "run", _config(total_steps=6), resume=True)
+
+
 def test_export_gives_a_loadable_encoder(cache: Path, tmp_path: Path) -> None:
     pretrain(cache / "cache", tmp_path / "run", _config(total_steps=3))
     result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")])

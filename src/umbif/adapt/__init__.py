@@ -1,1 +1,2 @@
-"""Adapting a pretrained encoder to the glioma tasks: embeddings, linear probes, classifier folders."""
+"""Adapting a pretrained encoder to the glioma tasks: embeddings (`embed`), linear probes (`probe`),
+fine-tuning (`finetune`, on the loop of ``umbif.train.supervised``) and classifier folders (`classifier`)."""

@@ -107,6 +107,26 @@ def training_samples(
     return train, notes
 
 
+def check_saveable(config: FinetuneConfig, encoder_dir: str | Path) -> None:
+    """Refuse, before any training, what :func:`save_finetuned` could not write as a classifier folder.
+
+    Raises:
+        ValueError: an MLP or attention head (a classifier folder holds linear heads on the CLS embedding).
+        FileNotFoundError: ``encoder_dir`` holds no exported encoder.
+    """
+    from umbif.models.io import ENCODER_FILE
+
+    if config.head != "linear":
+        raise ValueError(
+            f"head {config.head!r} cannot be saved: a classifier folder holds only linear heads on the CLS "
+            "embedding; use --head linear (mlp and attention heads are for cross-validation through the library)"
+        )
+    if not (Path(encoder_dir) / ENCODER_FILE).is_file():
+        raise FileNotFoundError(
+            f"{encoder_dir}: no {ENCODER_FILE} here; export a pretrained encoder with `umbif export RUN --out DIR`"
+        )
+
+
 # ----------------------------------------------------------------------------- model
 
 

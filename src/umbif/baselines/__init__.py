@@ -1,1 +1,1 @@
-"""Baselines the UMBIF encoder is compared with, each an ``umbif.eval.evaluate`` method on the same folds."""
+"""Baselines the UMBIF encoder is compared with, each a method of ``umbif.eval.methods`` scored on the same folds."""

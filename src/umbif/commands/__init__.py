@@ -1,7 +1,5 @@
-"""Downstream commands (embed, probe, evaluate, finetune, report, predict, benchmark, demo).
+"""The commands of ``umbif``, one module per noun; :mod:`umbif.cli` assembles them into the app.
 
-Each module registers its commands on :data:`umbif.cli.app` when imported (``umbif.cli`` imports
-this package last), so each stays next to the library code it calls and ``cli.py`` stays short.
+``common`` holds what they share (consoles, ``fail``, options, progress bars); the other modules import
+only ``common`` and, inside each command, the library function the command calls.
 """
-
-from umbif.commands import adapt, benchmark, finetune, predict, report  # noqa: F401  (registers the commands)

@@ -1,53 +1,56 @@
-"""`umbif embed`, `umbif probe` and `umbif evaluate`: frozen embeddings, linear probes, cross-validation."""
+"""`umbif embed`, `umbif probe` and `umbif finetune`: the pretrained encoder put to work on the labelled
+tasks (frozen embeddings, linear probes, fine-tuning), each writing a folder the next step reads."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
-from umbif.cli import _fail, _read_manifest, app, console, out
+from umbif.commands.common import (
+    CacheOption,
+    EncoderOption,
+    ManifestArgument,
+    SeedOption,
+    TasksOption,
+    cached_exams,
+    console,
+    done,
+    fail,
+    note,
+    open_cache,
+    out,
+    parse_tasks,
+    progress_bar,
+    read_manifest,
+)
 
-ManifestArgument = Annotated[Path, typer.Argument(help="Manifest of the exams (.csv or .parquet).")]
-CacheOption = Annotated[Path, typer.Option(help="Exam cache written by `umbif preprocess` from that manifest.")]
-EncoderOption = Annotated[Path, typer.Option(help="Encoder folder written by `umbif export` (safetensors).")]
-TasksOption = Annotated[
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from umbif.train.supervised import TrainedModel
+
+ClassifierOption = Annotated[Path, typer.Option("--out", help="Classifier folder for `umbif predict`.")]
+MinPerClassOption = Annotated[int, typer.Option(help="Patients needed in each class to train a task.")]
+FinetuneTasksOption = Annotated[
     str | None,
-    typer.Option(help="Comma-separated tasks (default: all of outcome, idh, mgmt, codeletion_1p19q)."),
+    typer.Option(
+        help="Comma-separated tasks among outcome, idh, mgmt, codeletion_1p19q (default: every task with labels)."
+    ),
+]
+FinetuneConfigOption = Annotated[
+    Path | None, typer.Option(help="YAML with fine-tuning settings (see configs/finetune.yaml); options win.")
+]
+EpochsOption = Annotated[int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")]
+HeadOption = Annotated[
+    str | None, typer.Option(help="linear (default; the only head a classifier folder holds), mlp or attention.")
+]
+ModeOption = Annotated[
+    str | None, typer.Option(help="full (default), partial (the last blocks) or frozen (heads only).")
 ]
 
 
-def _progress(name: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn(name), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console)
-
-
-def _tasks(text: str | None) -> tuple[str, ...]:
-    from umbif.eval.tasks import TASKS, check_task
-
-    if not text:
-        return TASKS
-    try:
-        return tuple(check_task(t.strip()) for t in text.split(",") if t.strip())
-    except ValueError as err:
-        _fail(str(err))
-    return ()
-
-
-def _cached(cache: Path) -> set[str]:
-    from umbif.data.cache import read_index
-
-    try:
-        return {e["exam_id"] for e in read_index(cache)["exams"]}
-    except FileNotFoundError as err:
-        _fail(f"{err}; run `umbif preprocess MANIFEST --out {cache}` first")
-    return set()
-
-
-@app.command("embed")
 def embed(
     manifest: ManifestArgument,
     cache: CacheOption,
@@ -64,38 +67,26 @@ def embed(
     """
     from umbif.adapt.embed import embed_exams
 
-    table = _read_manifest(manifest, None).table
-    cached = _cached(cache)
-    ids = [e for e in table["exam_id"] if e in cached]
-    if len(ids) < len(table):
-        console.print(f"[yellow]note[/]: {len(table) - len(ids)} exams of the manifest are not in the cache")
+    data, exam_ids = cached_exams(cache, read_manifest(manifest).table)
     try:
-        with _progress("embed") as progress:
-            task = progress.add_task("", total=len(ids))
+        with progress_bar("embed", len(exam_ids)) as bar:
             result = embed_exams(
-                encoder,
-                cache,
-                ids,
-                store_dir=out_dir,
-                batch_size=batch_size,
-                device=device,
-                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                encoder, data, exam_ids, store_dir=out_dir, batch_size=batch_size, device=device, on_progress=bar.update
             )
     except (ValueError, FileNotFoundError, KeyError) as err:
-        _fail(str(err))
+        fail(str(err))
     path = out_dir / "embeddings" / f"{result.key}.npz"
-    out.print(f"[green]done[/]: {len(ids)} exams, {result.values.shape[1]} features -> {escape(str(path))}")
+    done(f"{len(exam_ids)} exams, {result.values.shape[1]} features -> {path}")
 
 
-@app.command("probe")
 def probe(
     manifest: ManifestArgument,
     cache: CacheOption,
     encoder: EncoderOption,
-    out_dir: Annotated[Path, typer.Option("--out", help="Classifier folder for `umbif predict`.")],
+    out_dir: ClassifierOption,
     tasks: TasksOption = None,
     seed: Annotated[int, typer.Option(help="Seeds the inner folds.")] = 0,
-    min_per_class: Annotated[int, typer.Option(help="Patients needed in each class to train a task.")] = 4,
+    min_per_class: MinPerClassOption = 4,
 ) -> None:
     """Train linear probes on all labelled exams and write a classifier for `umbif predict`.
 
@@ -105,117 +96,84 @@ def probe(
     """
     from umbif.adapt.probe import fit_classifier
 
-    table = _read_manifest(manifest, None).table
+    table, data, chosen = read_manifest(manifest).table, open_cache(cache), parse_tasks(tasks)
     try:
-        with _progress("embed") as progress:
-            task = progress.add_task("", total=None)
+        with progress_bar("embed") as bar:
             report = fit_classifier(
-                table,
-                cache,
-                encoder,
-                out_dir,
-                tasks=_tasks(tasks),
-                seed=seed,
-                min_per_class=min_per_class,
-                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                table, data, encoder, out_dir, chosen, seed=seed, min_per_class=min_per_class, on_progress=bar.update
             )
     except (ValueError, FileNotFoundError, KeyError) as err:
-        _fail(str(err))
-    for note in report["notes"]:
-        console.print(f"[yellow]note[/]: {escape(note)}", highlight=False)
+        fail(str(err))
+    for text in report["notes"]:
+        note(text)
     for name, info in report["tasks"].items():
         out.print(
             f"  {name}: {info['n_train']} samples, C {info['C']:.3g}, inner-CV AUC {info['inner_auc']:.3f}, "
             f"threshold {info['threshold']:.3f}",
             highlight=False,
         )
-    out.print(f"[green]done[/]: classifier -> {escape(str(out_dir))}; use it with `umbif predict --model`")
+    done(f"classifier -> {out_dir}; use it with `umbif predict --model`")
 
 
-@app.command("evaluate")
-def evaluate(
-    manifest: ManifestArgument,
+def finetune(
+    manifest: Annotated[Path, typer.Argument(help="Manifest with the labels (.csv or .parquet).")],
     cache: CacheOption,
-    encoder: EncoderOption,
-    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: splits, predictions, metrics.json, report/.")],
-    method: Annotated[
-        list[str] | None, typer.Option(help="probe (default; frozen encoder) and/or finetune. Repeat for both.")
-    ] = None,
-    tasks: TasksOption = None,
-    folds: Annotated[int, typer.Option(help="k of the patient-level stratified k-fold.")] = 5,
-    repeats: Annotated[int, typer.Option(help="Repeats of the k-fold with other shuffles.")] = 1,
-    loso: Annotated[bool, typer.Option(help="Also leave-one-site-out.")] = True,
-    splits: Annotated[
-        Path | None, typer.Option(help="Reuse this splits.json (e.g. another run's) to compare on the same folds.")
-    ] = None,
-    bootstrap: Annotated[int, typer.Option(help="Patient-level bootstrap replicates for the 95% CIs.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seeds folds, inner folds and bootstrap.")] = 0,
-    finetune_config: Annotated[
-        Path | None, typer.Option(help="YAML with fine-tuning settings (see configs/finetune.yaml).")
-    ] = None,
+    encoder: Annotated[Path, typer.Option(help="Pretrained encoder folder (`umbif export`).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Classifier folder to write (for `umbif predict`).")],
+    tasks: FinetuneTasksOption = None,
+    config: FinetuneConfigOption = None,
+    epochs: EpochsOption = None,
+    head: HeadOption = None,
+    mode: ModeOption = None,
+    seed: SeedOption = None,
 ) -> None:
-    """Cross-validate the encoder on the glioma tasks and write metrics and an HTML report.
+    """Fine-tune the UMBIF encoder with one head per task and save it as a classifier folder.
 
-    Splits are made once at patient level (stratified k-fold and leave-one-site-out) and saved
-    in OUT/splits.json; every method is scored on the same folds. Decision thresholds come from
-    each fold's training data. Metrics: accuracy, sensitivity, specificity, ROC-AUC (with
-    patient-level bootstrap 95% CIs), balanced accuracy, PPV/NPV, Brier score; DeLong tests
-    against the linear probe. A rerun continues where the last one stopped (finished folds are
-    kept). Open OUT/report/report.html when it is done.
+    One model learns all chosen tasks at once; a sample counts only for the tasks it has a label for
+    (1p/19q exists only for IDH-mutant tumours). `outcome` is scored from the patient's (baseline,
+    follow-up) pair. A fifth of the training patients (val_fraction) is held out to stop early and to
+    choose each task's decision threshold (Youden J). Writes OUT/encoder.safetensors, config.json,
+    heads.safetensors, classifier.json, history.jsonl (loss and AUC per epoch) and provenance.json.
     """
-    from umbif.eval.evaluate import EvaluateConfig
-    from umbif.eval.evaluate import evaluate as run
+    from umbif.adapt.finetune import FinetuneConfig, check_saveable, save_finetuned, training_samples
+    from umbif.adapt.finetune import finetune as run
 
-    table = _read_manifest(manifest, None).table
     try:
-        config = EvaluateConfig(
-            tasks=_tasks(tasks), folds=folds, repeats=repeats, loso=loso, seed=seed, n_bootstrap=bootstrap
-        )
-        tuning = None
-        if finetune_config is not None:
-            from umbif.train.finetune import FinetuneConfig
-
-            tuning = FinetuneConfig.from_yaml(finetune_config)
-        with _progress("evaluate") as progress:
-            task = progress.add_task("", total=None)
-            document = run(
-                table,
-                cache,
-                encoder,
-                out_dir,
-                config,
-                methods=tuple(method or ("probe",)),
-                splits_path=splits,
-                finetune_config=tuning,
-                manifest_path=manifest,
-                on_stage=lambda text: console.print(f"[cyan]{escape(text)}[/]", highlight=False),
-                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-            )
+        settings = FinetuneConfig.from_options(config, epochs=epochs, head=head, mode=mode, seed=seed)
+    except (ValueError, FileNotFoundError) as err:
+        fail(f"bad settings: {err}")
+    chosen = parse_tasks(tasks) if tasks else None
+    try:
+        check_saveable(settings, encoder)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    table, data = read_manifest(manifest).table, open_cache(cache)
+    try:
+        train, notes = training_samples(table, data, chosen)
+    except ValueError as err:
+        fail(f"{manifest}: {err}")
+    for text in notes:
+        note(text)
+    console.print(f"fine-tuning on {_counts(train)}", highlight=False)
+    try:
+        with progress_bar("finetune", settings.epochs, elapsed=True) as bar:
+            result = run(encoder, data, train, settings, on_epoch=lambda e, n, record: bar.update(e, n, _epoch(record)))
+        path = save_finetuned(result, out_dir)
     except (ValueError, FileNotFoundError, KeyError) as err:
-        _fail(str(err))
-    for note in document["cohort"].get("left_out", [])[:10]:
-        console.print(f"[yellow]note[/]: {escape(note)}", highlight=False)
-    _print_results(document)
-    out.print(f"[green]done[/]: {escape(str(out_dir / 'report' / 'report.html'))}", highlight=False)
+        fail(str(err))
+    _print_finetuned(result, settings.epochs, path)
 
 
-def _print_results(document: dict) -> None:
-    from rich.table import Table
+def _counts(train: dict[str, pd.DataFrame]) -> str:
+    return ", ".join(f"{t} {len(s)} ({int(s['y'].sum())} positive)" for t, s in train.items())
 
-    table = Table(title="accuracy / sensitivity / specificity / AUC (95% CI)")
-    for column in ("method", "task", "scheme", "n", "accuracy", "sensitivity", "specificity", "AUC"):
-        table.add_column(column, no_wrap=True)
 
-    def cell(metric: dict) -> str:
-        if metric["value"] is None:
-            return "—"
-        ci = f" ({metric['low']:.2f}–{metric['high']:.2f})" if metric["low"] is not None else ""
-        return f"{metric['value']:.3f}{ci}"
+def _epoch(record: dict[str, Any]) -> str:
+    return f"train {record['train_loss']:.3f} val {record['val_loss']:.3f} auc {record['val_auc']:.3f}"
 
-    for row in document["results"]:
-        m = row["metrics"]
-        table.add_row(
-            escape(row["method"]), row["task"], row["scheme"], str(row["n_samples"]),
-            *(cell(m[k]) for k in ("accuracy", "sensitivity", "specificity", "auc")),
-        )  # fmt: skip
-    out.print(table)
+
+def _print_finetuned(result: TrainedModel, max_epochs: int, path: Path) -> None:
+    stopped = len(result.history)
+    early = f", stopped early after {stopped}" if stopped < max_epochs else ""
+    thresholds = ", ".join(f"{t} {v:.3f}" for t, v in result.thresholds.items())
+    done(f"best epoch {result.best_epoch} of {stopped}{early}; thresholds {thresholds} -> {path}")

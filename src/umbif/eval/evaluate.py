@@ -327,4 +327,3 @@ def run_evaluation(
     stage("report")
     write_report(run_dir, document)
     return document
-

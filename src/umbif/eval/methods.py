@@ -88,7 +88,7 @@ def random_spec(
         settings["finetune"] = finetune_config.to_dict()
 
     def build(ctx: Context) -> Method:
-        untrained = _untrained_encoder(encoder_dir, ctx.run_dir / RANDOM_DIR / name, seed)
+        untrained = untrained_encoder(encoder_dir, ctx.run_dir / RANDOM_DIR / name, seed)
         if adaptation == "probe":
             return _probe(ctx, untrained, name, text)
         return _finetune(ctx, untrained, finetune_config, name, text)
@@ -114,7 +114,7 @@ def _finetune(ctx: Context, encoder_dir: Path, config: Any, name: str, descripti
     return FinetuneMethod(encoder_dir, ctx.cache, config, name, description)
 
 
-def _untrained_encoder(encoder_dir: Path, out_dir: Path, seed: int) -> Path:
+def untrained_encoder(encoder_dir: Path, out_dir: Path, seed: int) -> Path:
     """Write ``encoder_dir``'s architecture with seeded random weights to ``out_dir`` (once)."""
     import torch
 
@@ -123,8 +123,10 @@ def _untrained_encoder(encoder_dir: Path, out_dir: Path, seed: int) -> Path:
 
     if not (out_dir / ENCODER_FILE).is_file():
         config = load_encoder(encoder_dir).config
-        torch.manual_seed(seed)
-        save_encoder(UMBIFEncoder(config), config, out_dir)
+        with torch.random.fork_rng(devices=[]):  # seed the initialisation, leave the caller's RNG as it was
+            torch.manual_seed(seed)
+            encoder = UMBIFEncoder(config)
+        save_encoder(encoder, config, out_dir)
     return out_dir
 
 

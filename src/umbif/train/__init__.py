@@ -1,1 +1,2 @@
-"""Training: augmentations, learning-rate schedule, checkpoints, distributed helpers, metric logs."""
+"""Training: self-supervised pretraining (`pretrain`), the supervised multi-task loop (`supervised`,
+`losses`), augmentations, learning-rate schedule, checkpoints, devices, distributed helpers, metric logs."""

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from umbif.config import FrozenConfig
 from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
-from umbif.models.umbif import ModelConfig, UMBIFPretrainer, count_parameters
+from umbif.models.umbif import PRESETS, ModelConfig, UMBIFPretrainer, count_parameters
 from umbif.provenance import provenance
 from umbif.train.augment import AugmentConfig, augment, two_views
 from umbif.train.checkpoint import DEFAULT_IGNORE, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -95,6 +95,20 @@ class PretrainConfig(FrozenConfig):
         if self.crop_jitter < 0:
             raise ValueError(f"crop_jitter must not be negative, got {self.crop_jitter}")
         return self
+
+    @classmethod
+    def lay_over(cls, settings: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        """As for every config (:meth:`FrozenConfig.from_options`), with two rules of ``umbif pretrain``:
+        a ``model.preset`` option replaces every size the file sets (a preset decides them all), and a
+        ``total_steps`` option brings a fitting warm-up (a tenth, 1 to 100 steps) unless the file sets one."""
+        if (options.get("model") or {}).get("preset") is not None:
+            sizes = set().union(*PRESETS.values())  # the fields a preset sets
+            model = {k: v for k, v in (settings.get("model") or {}).items() if k not in sizes}
+            settings = {**settings, "model": model}
+        steps = options.get("total_steps")
+        if steps is not None and "warmup_steps" not in settings and options.get("warmup_steps") is None:
+            options = {**options, "warmup_steps": max(1, min(100, steps // 10))}
+        return super().lay_over(settings, options)
 
     def to_dict(self) -> dict[str, Any]:
         """As saved in run folders and checkpoints; the crop fields only when not ``"random"``, so runs

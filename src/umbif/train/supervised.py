@@ -222,7 +222,8 @@ def inner_split(patients: Sequence[str], strata: Sequence[str], val_fraction: fl
 
 @dataclass
 class TrainedModel:
-    """A trained multi-task model (:func:`fit_multitask`) and everything :func:`save_finetuned` writes next to it."""
+    """A trained multi-task model (:func:`fit_multitask`) and everything
+    ``umbif.adapt.finetune.save_finetuned`` writes next to it."""
 
     model: MultiTaskModel  # the best epoch's weights, eval mode
     model_config: ModelConfig | None  # the UMBIF encoder's architecture on the cache grid; None for another backbone

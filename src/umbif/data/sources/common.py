@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from umbif import SEQUENCES
-from umbif.data.manifest import COLUMNS, LABELS, PATH_COLUMNS, Manifest
+from umbif.data.manifest import COLUMNS, LABELS, PATH_COLUMNS, Manifest, errors, validate
 from umbif.data.sequences import AliasTable, assign_files, nifti_stem
 
 JOIN_ON: dict[str, str] = {"patient": "patient_id", "exam": "exam_id"}  # --join-on value -> manifest column
@@ -48,6 +48,20 @@ class IngestReport:
 
     manifest: Manifest
     problems: list[str]
+
+    def write(self, target: str | Path) -> tuple[Manifest, int]:
+        """Write the manifest to ``target`` with paths relative to its folder, and validate it.
+
+        Returns:
+            ``(the written manifest, the number of validation errors)``.
+
+        Raises:
+            PathEscapeError: an image lies outside ``target``'s folder (the manifest must sit in or above it).
+        """
+        target = Path(target)
+        manifest = self.manifest.relocate(target.parent)
+        manifest.write(target)
+        return manifest, len(errors(validate(manifest)))
 
 
 @dataclass(frozen=True)

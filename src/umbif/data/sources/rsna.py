@@ -10,7 +10,7 @@ per sequence folder, and MGMT promoter methylation labels.
 
 The folder names decide the sequence; the slices of a folder are ordered by position along the
 slice normal (their names sort as Image-1, Image-10, Image-2, ... and say nothing about position)
-and converted with the geometry checks of :mod:`umbif.data.dicom`. ``patient_id`` is the case
+and converted with the geometry checks of :mod:`umbif.data.dicom_io`. ``patient_id`` is the case
 number, as the BraTS adapter gives BraTS2021_00012, so both data sets keep a patient in one fold;
 ``exam_id`` is ``rsna-00012``. Case numbers are public, so pseudonymising them is optional.
 Cases 00109, 00123 and 00709 are skipped: the organisers listed them as having unexpected issues.

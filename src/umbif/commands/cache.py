@@ -1,0 +1,130 @@
+"""`umbif preprocess` (manifest -> exam cache) and `umbif cache info|show` (look into a cache)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from umbif.commands.common import RootOption, console, done, fail, open_cache, out, progress_bar, read_manifest
+
+app = typer.Typer(help="Look into an exam cache written by `umbif preprocess`.", no_args_is_help=True)
+
+CacheArgument = Annotated[Path, typer.Argument(help="Cache folder written by `umbif preprocess`.")]
+ConfigOption = Annotated[
+    Path | None, typer.Option(help="YAML with preprocessing settings (see configs/preprocess.yaml).")
+]
+SpacingOption = Annotated[float | None, typer.Option(help="Isotropic output voxel size in mm (default 2).")]
+ShapeOption = Annotated[str | None, typer.Option(help="Output grid as XxYxZ voxels (default 96x96x96).")]
+ShardOption = Annotated[str, typer.Option(help="Only this part of the exams, as i/n (cluster array jobs).")]
+
+
+def preprocess(
+    manifest: Annotated[Path, typer.Argument(help="Manifest file (.csv or .parquet).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Cache folder (created; reused on reruns).")],
+    root: RootOption = None,
+    config: ConfigOption = None,
+    spacing: SpacingOption = None,
+    shape: ShapeOption = None,
+    workers: Annotated[int, typer.Option(help="Processes working in parallel.")] = 1,
+    shard: ShardOption = "0/1",
+) -> None:
+    """Preprocess every exam into a fast, memory-mappable cache.
+
+    Per exam: read NIfTI and check the header, resample all sequences to one RAS grid, brain mask
+    (from the manifest or automatic), z-score inside the mask, crop/pad around the brain, float16.
+    Exams already cached with the same settings and files are skipped; a failing exam is listed in
+    CACHE/quarantine.csv and the others go on. Exit code 1 when any exam failed.
+    """
+    from umbif.config import PreprocessConfig
+    from umbif.data.cache import Shard, run_preprocess
+
+    try:
+        grid = tuple(int(n) for n in shape.lower().split("x")) if shape is not None else None
+        voxel = (spacing, spacing, spacing) if spacing is not None else None
+        settings = PreprocessConfig.from_options(config, spacing=voxel, shape=grid)
+        part = Shard.parse(shard)
+    except (ValueError, FileNotFoundError) as err:
+        fail(f"bad settings: {err}")
+    table = read_manifest(manifest, root)
+    with progress_bar("preprocess") as bar:
+        report = run_preprocess(table, out_dir, settings, workers=workers, shard=part, on_progress=bar.update)
+    for failure in report.failures:
+        console.print(f"[red]quarantined[/] {escape(failure.exam_id)}: {escape(failure.reason)}", highlight=False)
+    summary = f"{report.done} preprocessed, {report.skipped} already cached, {len(report.failures)} failed"
+    if report.failures:
+        fail(f"{summary}; see {out_dir / 'quarantine.csv'}, fix those files and rerun (finished exams are kept)")
+    done(f"{summary} -> {out_dir}")
+
+
+@app.command("info")
+def cache_info(
+    cache: CacheArgument,
+    verify: Annotated[bool, typer.Option(help="Also check every cached file against its checksum.")] = False,
+) -> None:
+    """Print what a cache holds: settings, exams cached and quarantined, sequences, size.
+
+    With `--verify`, every file is checked against the checksum in the index; exit 1 on a mismatch.
+    """
+    from umbif.data.cache import describe
+
+    try:
+        info = describe(cache, verify=verify)
+    except FileNotFoundError as err:
+        fail(str(err))
+    settings = ", ".join(f"{k}={v}" for k, v in info["preprocess"].items())
+    out.print(f"[bold]{escape(str(cache))}[/]  plan {info['plan_fingerprint']}\n  {settings}", highlight=False)
+    counts = ", ".join(f"{s} {n}" for s, n in info["sequence_counts"].items())
+    out.print(
+        f"  {info['exams']} exams cached ({counts}; {info['with_seg']} with segmentation), "
+        f"{info['quarantined']} quarantined, {info['bytes'] / 2**20:.1f} MiB "
+        f"({info['bytes_per_exam'] / 2**20:.2f} MiB per exam)",
+        highlight=False,
+    )
+    if info["quarantined"]:
+        out.print(f"  quarantined exams and why: {escape(str(cache / 'quarantine.csv'))}", highlight=False)
+    for message in info["corrupt"]:
+        console.print(f"[red]corrupt[/] {escape(message)}", highlight=False)
+    if info["corrupt"]:
+        fail(f"{len(info['corrupt'])} exams fail their checksum; rerun `umbif preprocess` to rebuild them")
+    if verify:
+        out.print("[green]ok[/]: every file matches its checksum")
+
+
+@app.command("show")
+def cache_show(
+    cache: CacheArgument,
+    out_path: Annotated[Path, typer.Option("--out", help="PNG to write.")],
+    exam: Annotated[str | None, typer.Option(help="Exam id to draw (default: the first cached exam).")] = None,
+) -> None:
+    """Draw a cached exam as a PNG: each sequence in three mid-brain slices, with the brain mask
+    (cyan) and tumour segmentation (red) outlined. Use it to check preprocessing by eye."""
+    try:
+        _plot_cached_exam(cache, exam, out_path)
+    except KeyError as err:
+        fail(str(err))
+    out.print(f"wrote {escape(str(out_path))}", highlight=False)
+
+
+def _plot_cached_exam(cache_dir: Path, exam: str | None, out_path: Path) -> None:
+    """Draw one cached exam (default: the first) with :func:`umbif.viz.plot_exam`; ``KeyError`` if not cached."""
+    from umbif import SEQUENCES
+    from umbif.data.datasets import CacheDataset
+    from umbif.viz import plot_exam
+
+    dataset = CacheDataset(open_cache(cache_dir), [exam] if exam else None, masks=True)
+    if not len(dataset):
+        fail(f"{cache_dir} holds no exam yet; run `umbif preprocess` first")
+    item = dataset[0]
+    present = item["present"].numpy()
+    names = [s for s, p in zip(SEQUENCES, present, strict=True) if p]
+    plot_exam(
+        item["image"][present].float().numpy(),
+        names,
+        out_path,
+        brain_mask=item["brain_mask"].numpy(),
+        seg=item["seg"].numpy(),
+        title=item["exam_id"],
+    )
