@@ -191,3 +191,32 @@ def test_source_files_stay_readable_in_size(module: str) -> None:
 def test_the_checks_see_the_whole_package() -> None:
     assert {"umbif.data.samples", "umbif.eval.methods", "umbif.train.supervised", "umbif.cli"} <= set(MODULES)
     assert any(i.source == "umbif.eval.methods" and i.target.startswith("umbif.adapt") for i in ALL_IMPORTS)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_json_reaches_files_only_strict(module: str) -> None:
+    """Every JSON file is written through ``umbif.utils.write_json`` / ``json_text`` (``allow_nan=False``):
+    no ``json.dump`` to a file, and no ``json.dumps`` without ``allow_nan=False`` handed to a writer."""
+    tree = ast.parse(MODULES[module].read_text())
+    loose = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if getattr(node.func.value, "id", None) != "json" or node.func.attr not in ("dump", "dumps"):
+            continue
+        strict = any(k.arg == "allow_nan" and getattr(k.value, "value", True) is False for k in node.keywords)
+        if not strict and (node.func.attr == "dump" or _written(tree, node)):
+            loose.append(node.lineno)
+    assert not loose, f"{module}: JSON written without allow_nan=False at lines {loose}; use umbif.utils.write_json"
+
+
+def _written(tree: ast.Module, call: ast.Call) -> bool:
+    """Whether a ``json.dumps`` call is an argument of a write (``write_text_atomic``, ``.write``, ``write_text``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node is not call:
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            if name in ("write_text_atomic", "write", "write_text") and any(
+                call is sub for arg in node.args for sub in ast.walk(arg)
+            ):
+                return True
+    return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -15,8 +16,25 @@ from pydantic_core import ErrorDetails
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The keys a YAML config file sets (no defaults filled in), checked to be a mapping."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """The keys a YAML config file sets (no defaults filled in), checked to be a mapping.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file (missing, or a folder).
+        ValueError: not UTF-8 text, not valid YAML, or not a mapping; the message names the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"config file {path} {what}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file (byte {err.start} is not UTF-8); give a YAML config") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return data
@@ -28,9 +46,14 @@ class FrozenConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> FrozenConfig:
-        """Load a config from a YAML file; missing keys take their defaults."""
-        return cls.model_validate(read_yaml(path))
+    def from_yaml(cls, path: str | Path) -> Self:
+        """Load a config from a YAML file; missing keys take their defaults.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a file.
+            ValueError: the file is not a YAML mapping, or a key or value the config refuses (each one named).
+        """
+        return cls._validated(read_yaml(path), f" (from {path})")
 
     @classmethod
     def from_options(cls, path: str | Path | None = None, **options: Any) -> Self:
@@ -48,13 +71,16 @@ class FrozenConfig(BaseModel):
             >>> SynthConfig.from_options("configs/synth.yaml", exams=40, seed=None).exams  # doctest: +SKIP
             40
         """
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
         settings = read_yaml(path) if path is not None else {}
+        source = f" (from {path} and the options)" if path is not None else ""
+        return cls._validated(cls.lay_over(settings, options), source)
+
+    @classmethod
+    def _validated(cls, settings: dict[str, Any], source: str) -> Self:
+        """The config of ``settings``; pydantic's errors become one ``ValueError`` naming each key."""
         try:
-            return cls.model_validate(cls.lay_over(settings, options))
+            return cls.model_validate(settings)
         except ValidationError as err:
-            source = f" (from {path} and the options)" if path is not None else ""
             problems = "; ".join(_describe(error) for error in err.errors())
             raise ValueError(f"{cls.__name__}{source}: {problems}") from None
 
@@ -89,7 +115,11 @@ def _describe(error: ErrorDetails) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "config"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key (check its spelling; a typo is not ignored)"
-    return f"{where}: {error['msg']}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
+MAX_GRID_AXIS = 512  # longest output grid axis in voxels (512^3 float32 x 4 sequences is 2 GiB already)
+MAX_INPUT_VOXELS = 1024**3  # the largest max_voxels allowed: one float32 input volume is then 4 GiB
 
 
 class PreprocessConfig(FrozenConfig):
@@ -108,8 +138,10 @@ class PreprocessConfig(FrozenConfig):
     @field_validator("spacing")
     @classmethod
     def _positive_spacing(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if min(v) <= 0:
-            raise ValueError(f"spacing must be positive, got {v}")
+        if not all(math.isfinite(x) for x in v) or min(v) <= 0:
+            raise ValueError(f"spacing must be positive, finite millimetres, got {v}")
+        if max(v) > 20.0:
+            raise ValueError(f"spacing must be at most 20 mm per axis, got {v}")
         return v
 
     @field_validator("shape")
@@ -117,7 +149,38 @@ class PreprocessConfig(FrozenConfig):
     def _positive_shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
         if min(v) < 8:
             raise ValueError(f"shape must be at least 8 voxels per axis, got {v}")
+        if max(v) > MAX_GRID_AXIS:
+            raise ValueError(f"shape must be at most {MAX_GRID_AXIS} voxels per axis, got {v}")
         return v
+
+    @field_validator("max_voxels")
+    @classmethod
+    def _voxel_limit(cls, v: int) -> int:
+        if not 1 <= v <= MAX_INPUT_VOXELS:
+            raise ValueError(f"max_voxels must be between 1 and {MAX_INPUT_VOXELS} (1024^3), got {v}")
+        return v
+
+    @field_validator("min_spacing_mm", "max_spacing_mm")
+    @classmethod
+    def _spacing_limit(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"must be a positive, finite number of millimetres, got {v}")
+        return v
+
+    @field_validator("min_overlap")
+    @classmethod
+    def _overlap_fraction(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"min_overlap must be between 0 and 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _spacing_range(self) -> PreprocessConfig:
+        if self.min_spacing_mm > self.max_spacing_mm:
+            raise ValueError(
+                f"min_spacing_mm ({self.min_spacing_mm}) must not exceed max_spacing_mm ({self.max_spacing_mm})"
+            )
+        return self
 
     @field_validator("nonfinite")
     @classmethod
@@ -142,6 +205,9 @@ class AliasConfig(FrozenConfig):
     ignore: list[str] = Field(default_factory=list)  # names to skip silently (e.g. ADC, DWI maps)
 
 
+MAX_SYNTH_EXAMS = 100_000  # a synthetic cohort larger than this is a typo (the plan alone would not fit in memory)
+
+
 class SynthConfig(FrozenConfig):
     """The synthetic multi-site glioma cohort (``umbif synth``); saved in its cohort card."""
 
@@ -161,8 +227,8 @@ class SynthConfig(FrozenConfig):
     @field_validator("exams")
     @classmethod
     def _enough_exams(cls, v: int) -> int:
-        if v < 4:
-            raise ValueError(f"exams must be at least 4, got {v}")
+        if not 4 <= v <= MAX_SYNTH_EXAMS:
+            raise ValueError(f"exams must be between 4 and {MAX_SYNTH_EXAMS}, got {v}")
         return v
 
     @field_validator("glioma_fraction", "label_noise", "wmh", "infarct", "extra_axial", "glioma")

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from umbif.config import FrozenConfig
-from umbif.utils import write_text_atomic
+from umbif.utils import write_json
 
 PROFILE_NAMES = ("quick", "default", "full")
 
@@ -152,7 +152,7 @@ class Stages:
         started = time.perf_counter()
         result = work()
         self.record[name] = {"done": True, "key": key, "seconds": round(time.perf_counter() - started, 1)}
-        write_text_atomic(self.path, json.dumps(self.record, indent=2) + "\n")
+        write_json(self.path, self.record)
         return result
 
 
@@ -196,7 +196,7 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     say = on_stage or (lambda text: None)
     stages = Stages(out_dir, say)
-    write_text_atomic(out_dir / "demo.json", json.dumps(p.to_dict(), indent=2) + "\n")
+    write_json(out_dir / "demo.json", p.to_dict())
 
     synth = SynthConfig(
         exams=p.exams, seed=p.seed, sites=p.sites, spacing=p.synth_spacing, glioma_fraction=p.glioma_fraction

@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ from umbif.data.manifest import Exam
 from umbif.data.preprocess import preprocess_exam
 from umbif.data.sequences import AliasTable, alias_table, assign_files, nifti_stem
 from umbif.models.umbif import patchify, unpatchify
-from umbif.utils import atomic_write, write_text_atomic
+from umbif.utils import atomic_write, inside, write_json
 from umbif.viz import display_slice
 
 FORMAT = "umbif-prediction"
@@ -326,8 +326,9 @@ def predict_exam(
 
     Returns:
         the prediction: ``tasks`` (per task ``status`` "done" with ``probability``, ``threshold``,
-        ``decision``, ``label``, or "not run" with ``reason``), ``sequences``, ``missing_sequences``,
-        the baseline's, and what the saliency cost. The same dict is ``prediction.json``.
+        ``decision``, ``label``; "not run" with ``reason``; or "failed" with ``reason`` and no label when the
+        probability is not finite), ``sequences``, ``missing_sequences``, the baseline's, and what the
+        saliency cost. The same dict is ``prediction.json`` (strict JSON: never a NaN).
 
     Raises:
         FileNotFoundError, ValueError: a missing or damaged classifier folder, or an exam that cannot
@@ -357,7 +358,11 @@ def predict_exam(
                 "reason": "reads a (baseline, follow-up) pair; give the baseline exam (--baseline)",
             }
             continue
-        probability = float(spec.head.score(task_features(classifier, task, embedding, base_embedding))[0])
+        features = task_features(classifier, task, embedding, base_embedding)
+        probability = float(spec.head.score(features)[0]) if np.isfinite(features).all() else math.nan
+        if not math.isfinite(probability):  # damaged or diverged weights: no decision can be made
+            results[task] = {"status": "failed", "inputs": spec.inputs, "reason": _non_finite_reason(embedding)}
+            continue
         decision = probability >= spec.threshold
         results[task] = {
             "status": "done",
@@ -382,14 +387,17 @@ def predict_exam(
         name = next(s for s in BACKGROUND_ORDER if s in followup.sequences)
         background = followup.image[SEQUENCES.index(name)].numpy()
         for task in runnable:
-            volume = voxel_map(maps[task], classifier.model_config.patch_size, region)
             entry = results[task]
+            if not np.isfinite(maps[task]).all():
+                entry["saliency_skipped"] = "hiding some patches gave a non-finite score; no map is drawn"
+                continue
+            volume = voxel_map(maps[task], classifier.model_config.patch_size, region)
             title = (
                 f"{followup.label}: {task}  p = {entry['probability']:.3f} (threshold {entry['threshold']:.3f})"
                 f" -> {entry['label']}"
             )
-            plot_overlay(background, volume, Path(out_dir) / f"overlay_{task}.png", title, name)
-            write_nifti(Path(out_dir) / f"saliency_{task}.nii.gz", volume, followup.affine)
+            plot_overlay(background, volume, inside(out_dir, Path(out_dir) / f"overlay_{task}.png"), title, name)
+            write_nifti(inside(out_dir, Path(out_dir) / f"saliency_{task}.nii.gz"), volume, followup.affine)
             entry["overlay"] = f"overlay_{task}.png"
             entry["saliency_map"] = f"saliency_{task}.nii.gz"
         saliency_info = {
@@ -424,8 +432,17 @@ def predict_exam(
         "seconds": round(time.perf_counter() - start, 3),
     }
     if out_dir is not None:
-        write_text_atomic(Path(out_dir) / PREDICTION_FILE, json.dumps(result, indent=2) + "\n")
+        write_json(Path(out_dir) / PREDICTION_FILE, result)
     return result
+
+
+def _non_finite_reason(embedding: np.ndarray) -> str:
+    """Why a task has no probability: the encoder or the head gave NaN or infinity."""
+    where = "the encoder's embedding of this exam" if not np.isfinite(embedding).all() else "the task's head"
+    return (
+        f"the probability is not a finite number ({where} gave NaN or infinity); the classifier's weights are "
+        "damaged or out of range, so no label is given. Train or export the classifier again"
+    )
 
 
 def occupied_patches(exam: PreparedExam, patch_size: int) -> list[int]:

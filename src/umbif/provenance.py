@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import json
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from umbif.utils import write_text_atomic
+from umbif.utils import write_json
 
 _PACKAGES = ("umbif", "torch", "monai", "numpy", "scipy", "nibabel", "SimpleITK", "pandas", "pydantic")
 
@@ -62,4 +61,4 @@ def provenance(config: dict[str, Any] | None = None, seed: int | None = None) ->
 
 def write_provenance(path: str | Path, config: dict[str, Any] | None = None, seed: int | None = None) -> None:
     """Write ``provenance(config, seed)`` as JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(provenance(config, seed), indent=2) + "\n")
+    write_json(path, provenance(config, seed))

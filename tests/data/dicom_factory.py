@@ -7,7 +7,7 @@ file's folder on ``sys.path``; tests in sub-folders add ``tests/data`` themselve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +91,7 @@ def write_series(
     frames: int | None = None,
     seed: int = 0,
     stored: np.ndarray | None = None,
+    tags: Mapping[str, object] | None = None,
 ) -> WrittenSeries:
     """Write one MR series of ``shape = (columns, rows, slices)`` into ``folder``, one file per slice.
 
@@ -100,7 +101,9 @@ def write_series(
     (default ``k + 1``), so a permutation makes name order differ from position order. Slices in
     ``skip`` are not written. Stored values are random int16; real values are ``stored * slope +
     intercept``; ``stored`` (column, row, slice) int16 replaces them, and its shape replaces ``shape``.
-    ``frames`` > 1 writes a multi-frame file per slice (NumberOfFrames set).
+    ``frames`` > 1 writes a multi-frame file per slice (NumberOfFrames set). ``tags`` sets more header
+    fields by keyword (``ReferringPhysicianName``, ``StudyDescription``, ...); their text values count as
+    identifiers.
     """
     if stored is None:
         stored = np.random.default_rng(seed).integers(0, 1000, size=shape).astype(np.int16)  # (column, row, slice)
@@ -114,6 +117,8 @@ def write_series(
     study_instance = study_uid(patient, study)
     series_instance = generate_uid(entropy_srcs=[patient.patient_id, study, str(series)])
     identifiers = [*patient.identifiers(), study_date, study_instance, series_instance]
+    for value in (tags or {}).values():
+        identifiers += [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for k in range(slices):
@@ -166,6 +171,8 @@ def write_series(
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        for keyword, value in (tags or {}).items():
+            setattr(ds, keyword, value)
         pixels = np.ascontiguousarray(stored[:, :, k].T)  # DICOM pixel data is rows x columns
         if frames:
             ds.NumberOfFrames = frames

@@ -250,6 +250,8 @@ def test_resume_after_keyboard_interrupt(manifest: Manifest, tmp_path: Path, mon
         verify_entry(out, entry)
     stale = out / "exams" / ".e3.image.npy.killed.tmp"  # what a writer killed mid-file leaves behind
     stale.write_bytes(b"\x93NUMPY")
+    two_days_ago = time.time() - 2 * 24 * 3600  # no live writer's tag: stale once it is old
+    os.utime(stale, (two_days_ago, two_days_ago))
     before = _exam_files(out)
 
     report = run_preprocess(manifest, out, CONFIG)
@@ -407,3 +409,20 @@ def test_cache_reader_of_a_folder_without_a_cache_says_what_to_run(tmp_path: Pat
 
     with pytest.raises(FileNotFoundError, match="run `umbif preprocess MANIFEST --out"):
         Cache(tmp_path)
+
+
+def test_two_concurrent_runs_give_a_correct_cache(manifest: Manifest, tmp_path: Path) -> None:
+    """Two `umbif preprocess` processes on one cache at once (a user starting a run twice): both succeed and
+    the cache holds every exam, byte-identical to a run alone."""
+    manifest.write(tmp_path / "manifest.csv")
+    command = [sys.executable, "-m", "umbif", "preprocess", "manifest.csv", "--out", "cache", "--shape", "24x24x24"]
+    runs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in "ab"]
+    outcomes = [(run.wait(timeout=300), run.stderr.read().decode()) for run in runs if run.stderr]
+    alone = run_preprocess(manifest, tmp_path / "alone", CONFIG)
+
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    assert alone.ok and set(_indexed(tmp_path / "cache")) == set(NAMES)
+    for name, entry in _indexed(tmp_path / "cache").items():
+        verify_entry(tmp_path / "cache", entry)
+        assert entry["sha256"] == _indexed(tmp_path / "alone")[name]["sha256"]
+    assert not any(name.endswith(".tmp") for name in _exam_files(tmp_path / "cache"))

@@ -175,8 +175,8 @@ def test_validate_without_file_check_still_refuses_escapes(root: Path) -> None:
 
 
 def test_missing_required_columns_are_errors(root: Path) -> None:
-    manifest = Manifest(pd.DataFrame({"t1": ["e1/t1.nii.gz"]}), root)
-    assert [(p.row, p.column) for p in errors(validate(manifest))] == [(1, "exam_id"), (1, "patient_id")]
+    manifest = Manifest(pd.DataFrame({"t1": ["e1/t1.nii.gz"] * 3}), root)
+    assert [(p.row, p.column) for p in errors(validate(manifest))] == [(None, "exam_id"), (None, "patient_id")]
 
 
 @pytest.mark.parametrize(

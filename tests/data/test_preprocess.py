@@ -225,3 +225,19 @@ def test_segmentation_is_resampled_with_nearest_neighbour(tmp_path: Path, affine
 
     assert result.has_seg
     assert set(np.unique(result.masks[1])) == {0, 1, 2, 4}  # linear interpolation would make 3s and lose 4s
+
+
+@pytest.mark.parametrize("kind", ["seg", "brain_mask"])
+@pytest.mark.parametrize("shift_mm", [0.0, 2.0])
+def test_a_mask_on_its_images_passes_the_field_of_view_check(tmp_path: Path, kind: str, shift_mm: float) -> None:
+    """The check that refuses a mask outside the images (tests/hostile) leaves one on them alone, a voxel's
+    shift included, and a brain mask may hold any integer (255, 1000), not only 0/1."""
+    save_nifti(tmp_path / "t1.nii.gz", brain_phantom((24, 24, 24)), AFFINES["ras"])
+    affine = AFFINES["ras"].copy()
+    affine[0, 3] += shift_mm
+    inside = brain_phantom((24, 24, 24)) > 0
+    save_nifti(tmp_path / "mask.nii.gz", (inside * (1 if kind == "seg" else 1000)).astype(np.int16), affine)
+
+    result = preprocess_exam(_exam(tmp_path, t1="t1.nii.gz", **{kind: "mask.nii.gz"}), SMALL)
+
+    assert result.masks[1 if kind == "seg" else 0].sum() > 0.9 * inside.sum()

@@ -29,10 +29,18 @@ from safetensors.torch import save as safetensors_bytes
 from scipy.special import expit
 
 from umbif.config import PreprocessConfig
-from umbif.models.io import CONFIG_FILE, ENCODER_FILE, PICKLE_SUFFIXES, load_encoder, read_safetensors, save_encoder
+from umbif.models.io import (
+    CONFIG_FILE,
+    ENCODER_FILE,
+    PICKLE_SUFFIXES,
+    check_weights,
+    load_encoder,
+    read_safetensors,
+    save_encoder,
+)
 from umbif.models.umbif import ModelConfig, UMBIFEncoder
 from umbif.provenance import provenance as make_provenance
-from umbif.utils import atomic_write, write_text_atomic
+from umbif.utils import atomic_write, check_component, write_json
 
 FORMAT = "umbif-classifier"
 FORMAT_VERSION = 1
@@ -246,8 +254,7 @@ def save_classifier(
         raise ValueError("no task heads to save")
     tensors: dict[str, torch.Tensor] = {}
     for task, task_head in heads.items():
-        if not task or "." in task:
-            raise ValueError(f"task name {task!r} must be non-empty and hold no '.' (it prefixes tensor names)")
+        check_task_name(task)
         expected = _expected_features(task_head.inputs, model_config.dim)
         if task_head.head.features != expected:
             raise ValueError(
@@ -271,7 +278,7 @@ def save_classifier(
     save_encoder(encoder, model_config, out_dir)
     with atomic_write(out_dir / HEADS_FILE) as handle:
         handle.write(safetensors_bytes(tensors, metadata={"format": "pt", "umbif_format": FORMAT}))
-    write_text_atomic(out_dir / CARD_FILE, json.dumps(card, indent=2) + "\n")
+    write_json(out_dir / CARD_FILE, card)
     return out_dir
 
 
@@ -326,6 +333,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Cla
     except ValueError as err:
         raise ValueError(f"{path / CARD_FILE}: embedding.image_size does not fit the encoder ({err})") from None
     state, _ = read_safetensors(path / HEADS_FILE)
+    check_weights(path / HEADS_FILE, state)
     heads = {
         task: _read_head(path / HEADS_FILE, task, spec, state, model_config.dim) for task, spec in card["tasks"].items()
     }
@@ -377,8 +385,21 @@ def _read_card(file: Path) -> dict[str, Any]:
     if not isinstance(tasks, dict) or not tasks:
         raise ValueError(f"{file}: no tasks")
     for task, spec in tasks.items():
+        try:
+            check_task_name(task)
+        except ValueError as err:
+            raise ValueError(f"{file}: {err}; a task name becomes part of output file names") from None
         _check_task_spec(file, task, spec)
     return card
+
+
+def check_task_name(task: str) -> str:
+    """``task`` if it can name files (``overlay_<task>.png``) and prefix tensors (``<task>.weight``): one safe
+    path component (:func:`umbif.utils.check_component`) without ``.``; else ``ValueError``."""
+    check_component(task, "task name")
+    if "." in task:
+        raise ValueError(f"task name {task!r} must hold no '.' (it prefixes tensor names)")
+    return task
 
 
 def _check_task_spec(file: Path, task: str, spec: Any) -> None:

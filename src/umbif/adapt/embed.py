@@ -9,7 +9,6 @@ interrupted run leaves the previous, consistent store.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
 from umbif.models.io import ENCODER_FILE, load_encoder
 from umbif.train.device import pick_device
-from umbif.utils import atomic_write, sha256_file, write_text_atomic
+from umbif.utils import atomic_write, check_component, inside, sha256_file, write_json
 
 STORE_FORMAT = "umbif-embeddings"
 
@@ -105,9 +104,9 @@ def embed_exams(
         (1, 96)
     """
     cache = cache if isinstance(cache, Cache) else Cache(cache)
-    key = f"{encoder_fingerprint(encoder_dir)}-{cache.fingerprint}"
+    key = check_component(f"{encoder_fingerprint(encoder_dir)}-{cache.fingerprint}", "embedding store name")
     wanted = list(exam_ids) if exam_ids is not None else cache.exam_ids
-    store = Path(store_dir) / "embeddings" / f"{key}.npz" if store_dir is not None else None
+    store = inside(store_dir, Path(store_dir) / "embeddings" / f"{key}.npz") if store_dir is not None else None
     stored = _read_store(store) if store is not None else None
     known = set(stored.exam_ids) if stored else set()
     todo = [e for e in dict.fromkeys(wanted) if e not in known]
@@ -146,4 +145,4 @@ def _write_store(path: Path, embeddings: Embeddings, encoder_dir: Path, cache_di
         "exams": len(embeddings.exam_ids),
         "dim": int(embeddings.values.shape[1]),
     }
-    write_text_atomic(path.with_suffix(".json"), json.dumps(note, indent=1) + "\n")
+    write_json(path.with_suffix(".json"), note, indent=1)

@@ -68,7 +68,7 @@ from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
 from umbif.data.samples import PAIRED_TASKS
 from umbif.metrics import choose_threshold
-from umbif.utils import atomic_write, write_text_atomic
+from umbif.utils import atomic_write, json_text, write_text_atomic
 
 INSTALL_HINT = (
     "pyradiomics is not installed in this environment. It has only a source package; build it with\n"
@@ -304,7 +304,7 @@ def extract_features(
     key = feature_fingerprint(params, cache.fingerprint)
     path = out_dir / "radiomics" / f"{key}.parquet"
     note = {"fingerprint": key, "settings": params, "plan": cache.plan}
-    write_text_atomic(path.with_suffix(".json"), json.dumps(note, indent=2, default=str) + "\n")
+    write_text_atomic(path.with_suffix(".json"), json_text(note, default=str) + "\n")
     exam_ids = list(dict.fromkeys(exam_ids))
     dataset = CacheDataset(cache, exam_ids, dtype=torch.float32, masks=True)
     stored = _read_store(path)

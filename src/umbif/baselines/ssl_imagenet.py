@@ -40,14 +40,21 @@ from torch import nn
 
 from umbif.config import FrozenConfig
 from umbif.models.blocks import Block, init_weights, run_blocks
-from umbif.models.io import STRIP_PREFIXES, load_state_tolerant, name_listing, read_safetensors, save_encoder
+from umbif.models.io import (
+    STRIP_PREFIXES,
+    check_weights,
+    load_state_tolerant,
+    name_listing,
+    read_safetensors,
+    save_encoder,
+)
 from umbif.models.pos_embed import sincos_pos_embed_3d
 from umbif.models.umbif import ModelConfig, UMBIFEncoder, pack, random_masking, reconstruction_loss, unpack
 from umbif.provenance import provenance
 from umbif.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from umbif.train.logging import MetricsLogger
 from umbif.train.schedule import warmup_cosine
-from umbif.utils import atomic_write, write_text_atomic
+from umbif.utils import atomic_write, json_text, write_json
 
 # skimage/data files that are drawings or synthetic test patterns, not photographs
 NOT_PHOTOS = frozenset(
@@ -394,7 +401,8 @@ def pretrain_photos(
     logger.close()
 
     state = model.encoder_state()
-    metadata = {"format": "pt", "umbif_format": "umbif-photo-vit", "umbif_config": json.dumps(config.to_dict())}
+    config_text = json_text(config.to_dict(), indent=None)
+    metadata = {"format": "pt", "umbif_format": "umbif-photo-vit", "umbif_config": config_text}
     with atomic_write(weights) as handle:
         handle.write(safetensors_bytes(state, metadata=metadata))
     summary = {
@@ -406,7 +414,7 @@ def pretrain_photos(
         "seconds": round(time.perf_counter() - start, 2),
         "provenance": provenance(seed=seed),
     }
-    write_text_atomic(card, json.dumps(summary, indent=2) + "\n")
+    write_json(card, summary)
     return weights
 
 
@@ -565,8 +573,9 @@ def build_ssl_imagenet_encoder(
         if {k: previous.get(k) for k in record} == record:
             return out_dir
     state, _ = read_safetensors(weights)  # refuses pickles
+    check_weights(weights, state)  # finite floats only: a diverged or foreign file gives no encoder
     encoder, unused = _inflate(state, model_config)
     save_encoder(encoder, model_config, out_dir)
     card = {**record, "unused_keys": unused, "provenance": provenance()}
-    write_text_atomic(done, json.dumps(card, indent=2) + "\n")
+    write_json(done, card)
     return out_dir

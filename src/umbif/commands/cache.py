@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from umbif.commands.common import RootOption, console, done, fail, open_cache, out, progress_bar, read_manifest
+from umbif.commands.common import (
+    RootOption,
+    console,
+    done,
+    fail,
+    open_cache,
+    os_message,
+    out,
+    progress_bar,
+    read_manifest,
+)
 
 app = typer.Typer(help="Look into an exam cache written by `umbif preprocess`.", no_args_is_help=True)
 
@@ -39,24 +49,43 @@ def preprocess(
     CACHE/quarantine.csv and the others go on. Exit code 1 when any exam failed.
     """
     from umbif.config import PreprocessConfig
-    from umbif.data.cache import Shard, run_preprocess
+    from umbif.data.cache import Shard, WorkerDied, run_preprocess
+    from umbif.data.manifest import ManifestError
 
     try:
-        grid = tuple(int(n) for n in shape.lower().split("x")) if shape is not None else None
+        grid = _grid(shape)
         voxel = (spacing, spacing, spacing) if spacing is not None else None
         settings = PreprocessConfig.from_options(config, spacing=voxel, shape=grid)
         part = Shard.parse(shard)
     except (ValueError, FileNotFoundError) as err:
         fail(f"bad settings: {err}")
     table = read_manifest(manifest, root)
-    with progress_bar("preprocess") as bar:
-        report = run_preprocess(table, out_dir, settings, workers=workers, shard=part, on_progress=bar.update)
+    try:
+        with progress_bar("preprocess") as bar:
+            report = run_preprocess(table, out_dir, settings, workers=workers, shard=part, on_progress=bar.update)
+    except ManifestError as err:  # the manifest as a whole (a required column missing)
+        fail(f"{manifest}: {err}")
+    except OSError as err:  # a full disk or an unwritable folder: the exams finished so far are kept
+        fail(os_message(err))
+    except WorkerDied as err:
+        fail(str(err))
     for failure in report.failures:
-        console.print(f"[red]quarantined[/] {escape(failure.exam_id)}: {escape(failure.reason)}", highlight=False)
+        name = escape(failure.exam_id or "(no exam_id)")
+        console.print(f"[red]quarantined[/] {name}: {escape(failure.reason)}", highlight=False)
     summary = f"{report.done} preprocessed, {report.skipped} already cached, {len(report.failures)} failed"
     if report.failures:
         fail(f"{summary}; see {out_dir / 'quarantine.csv'}, fix those files and rerun (finished exams are kept)")
     done(f"{summary} -> {out_dir}")
+
+
+def _grid(shape: str | None) -> tuple[int, ...] | None:
+    """The ``--shape XxYxZ`` option as numbers (None when not given)."""
+    if shape is None:
+        return None
+    try:
+        return tuple(int(n) for n in shape.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--shape {shape!r} must be three whole numbers like 96x96x96") from None
 
 
 @app.command("info")
@@ -72,7 +101,7 @@ def cache_info(
 
     try:
         info = describe(cache, verify=verify)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # no cache, or a damaged index or plan
         fail(str(err))
     settings = ", ".join(f"{k}={v}" for k, v in info["preprocess"].items())
     out.print(f"[bold]{escape(str(cache))}[/]  plan {info['plan_fingerprint']}\n  {settings}", highlight=False)
@@ -104,7 +133,11 @@ def cache_show(
     try:
         _plot_cached_exam(cache, exam, out_path)
     except KeyError as err:
+        fail(str(err.args[0]) if err.args else str(err))
+    except ValueError as err:  # a damaged array: the message names the exam and says to rerun preprocess
         fail(str(err))
+    except OSError as err:
+        fail(os_message(err))
     out.print(f"wrote {escape(str(out_path))}", highlight=False)
 
 

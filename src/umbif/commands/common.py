@@ -59,6 +59,15 @@ def note(message: str) -> None:
     console.print(f"[yellow]note[/]: {escape(message)}", highlight=False)
 
 
+def os_message(err: OSError) -> str:
+    """An ``OSError`` as one line: umbif's own messages (a full disk names the folder) as they are, others with
+    the file they concern (``cannot write out/manifest.csv: Permission denied``)."""
+    if err.filename is None:
+        return err.strerror or str(err)
+    target = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+    return f"{target}: {err.strerror or err}"
+
+
 def done(message: str) -> None:
     """Print ``done: message`` on stdout."""
     out.print(f"[green]done[/]: {escape(message)}", highlight=False)
@@ -76,12 +85,13 @@ def read_manifest(path: Path, root: Path | None = None) -> Manifest:
 
 
 def open_cache(path: Path) -> Cache:
-    """The exam cache at ``path``; a folder that is not one ends the command (saying to run preprocess)."""
+    """The exam cache at ``path``; a folder that is not one, or a damaged index, ends the command (saying
+    to run preprocess)."""
     from umbif.data.cache import Cache
 
     try:
         return Cache(path)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         fail(str(err))
 
 

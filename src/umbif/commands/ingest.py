@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from umbif.commands.common import AliasOption, alias_table, console, fail, out, progress_bar
+from umbif.commands.common import AliasOption, alias_table, console, fail, os_message, out, progress_bar
 
 if TYPE_CHECKING:
     from umbif.data.sources.common import IngestReport
@@ -37,11 +37,18 @@ KeyFileOption = Annotated[
     Path | None,
     typer.Option(help="File holding the secret pseudonymisation key (default: $UMBIF_PSEUDONYM_KEY); keep it apart."),
 ]
+DicomSiteOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Site name for every exam (default: 'site'; ROOT's folder name is never used: it may name a patient)."
+    ),
+]
 RulesOption = Annotated[Path | None, typer.Option(help="YAML with series classification rules (see docs/dicom.md).")]
 RsnaKeyOption = Annotated[
     Path | None, typer.Option(help="Pseudonymise the public case ids with the key in this file (optional).")
 ]
 RsnaLabelsOption = Annotated[Path | None, typer.Option(help="Labels CSV (default: train_labels.csv next to train/).")]
+RsnaSiteOption = Annotated[str | None, typer.Option(help="Site name for every exam (default: RSNA-MGMT).")]
 
 
 def _write_ingested(report: IngestReport, root: Path, out_path: Path | None) -> None:
@@ -55,6 +62,8 @@ def _write_ingested(report: IngestReport, root: Path, out_path: Path | None) -> 
         manifest, n_errors = report.write(target)
     except PathEscapeError as err:
         fail(str(err))
+    except OSError as err:  # a full disk or an unwritable folder
+        fail(os_message(err))
     out.print(
         escape(
             f"wrote {target}: {len(manifest)} exams, {len(report.problems)} files or rows reported"
@@ -122,7 +131,7 @@ def ingest_dicom(
     root: Annotated[Path, typer.Argument(help="Folder of DICOM files: any layout, any number of studies.")],
     out_dir: OutFolderOption,
     key_file: KeyFileOption = None,
-    site: SiteOption = None,
+    site: DicomSiteOption = None,
     rules: RulesOption = None,
 ) -> None:
     """Convert a DICOM archive into pseudonymised NIfTI exams and a manifest.
@@ -132,7 +141,8 @@ def ingest_dicom(
     `OUT/<patient>/<exam>/<sequence>.nii.gz`. Localizers, derived and multi-frame series, other and
     ambiguous series, and stacks that are not one regular volume (missing slice, gantry tilt) are
     reported with the reason, never guessed. Patient ids become keyed pseudonyms and dates become
-    days since the patient's first exam. `OUT/series.csv` lists every series and what became of it.
+    days since the patient's first exam; files are named relative to their exam, names that hold an
+    identifier as keyed hashes. `OUT/series.csv` lists every series and what became of it.
     """
     from umbif.data.dicom import SeriesRules
     from umbif.data.dicom import ingest_dicom as run
@@ -156,7 +166,7 @@ def ingest_rsna(
     out_dir: OutFolderOption,
     key_file: RsnaKeyOption = None,
     labels: RsnaLabelsOption = None,
-    site: SiteOption = None,
+    site: RsnaSiteOption = None,
 ) -> None:
     """Convert the RSNA-MICCAI BraTS 2021 MGMT DICOM folders into NIfTI exams and a manifest.
 

@@ -55,7 +55,8 @@ def predict(
     what drove the prediction (occlusion: how much the task's logit drops when a patch is hidden;
     red: the region pushed towards the positive class). Exams are named by their folder, so name
     folders pseudonymously. An exam that fails is reported and the others are still predicted;
-    the exit code is 1 if any failed.
+    a task whose probability is not a finite number is reported as failed, with no label. The exit
+    code is 1 if any exam or task failed.
 
     Example: `umbif predict --model runs/probe/classifier scans/p7-followup --baseline scans/p7-baseline`
     """
@@ -74,7 +75,7 @@ def predict(
         for item, folder in zip(items, folders, strict=True)
     )
     if failed:
-        fail(f"{failed} of {len(items)} exams failed (see above); the others were predicted")
+        fail(f"{failed} of {len(items)} exams failed, wholly or in a task (see above); the others were predicted")
 
 
 def _predict_one(
@@ -85,7 +86,7 @@ def _predict_one(
     saliency: bool,
     aliases: AliasTable,
 ) -> bool:
-    """Predict one exam into ``folder`` and print the result; False (and the reason printed) if it failed."""
+    """Predict one exam into ``folder`` and print the result; False (and the reason printed) if it or a task failed."""
     from umbif.predict import predict_exam
 
     try:
@@ -103,7 +104,10 @@ def _predict_one(
     for text in result["notes"]:
         note(text)
     out.print(f"wrote {escape(str(folder / 'prediction.json'))} ({result['seconds']:.1f} s)", highlight=False)
-    return True
+    failed = [task for task, entry in result["tasks"].items() if entry["status"] == "failed"]
+    for task in failed:
+        console.print(f"[bold red]failed[/] {escape(task)}: {escape(result['tasks'][task]['reason'])}", highlight=False)
+    return not failed
 
 
 def _exams(paths: list[Path]) -> list[Path | list[Path]]:
@@ -145,7 +149,8 @@ def _result_table(result: dict[str, Any]) -> Table:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for task, entry in result["tasks"].items():
         if entry["status"] != "done":
-            table.add_row(task, "-", "-", f"[yellow]not run[/]: {escape(entry['reason'])}")
+            status = "[bold red]failed[/]" if entry["status"] == "failed" else "[yellow]not run[/]"
+            table.add_row(task, "-", "-", f"{status}: {escape(entry['reason'])}")
             continue
         decision = f"[bold]{escape(entry['label'])}[/]" if entry["decision"] else escape(entry["label"])
         table.add_row(task, f"{entry['probability']:.3f}", f"{entry['threshold']:.3f}", decision)

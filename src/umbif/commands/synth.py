@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from umbif.commands.common import done, fail, progress_bar
+from umbif.commands.common import done, fail, os_message, progress_bar
 
 ExamsOption = Annotated[int | None, typer.Option(help="Total exams: routine pool + labelled glioma pairs.")]
 SeedOption = Annotated[int | None, typer.Option(help="Random seed; the same seed gives the same files.")]
@@ -52,7 +52,12 @@ def synth(
             report = generate(settings, out_dir, workers=workers, preview=preview, on_progress=bar.update)
     except ValueError as err:
         fail(str(err))
-    auc = ", ".join(f"{task} {value:.3f}" for task, value in report.oracle_auc.items())
+    except OSError as err:  # --out is a file, a full disk, an unwritable folder: finished exams are kept
+        fail(os_message(err))
+    auc = (
+        ", ".join(f"{task} {value:.3f}" for task, value in report.oracle_auc.items())
+        or "undefined (too few labelled patients)"
+    )
     done(
         f"{report.done} exams rendered, {report.skipped} already there -> {out_dir / 'manifest.csv'}\n"
         f"  oracle AUC (best achievable): {auc}\n  cohort card: {out_dir / 'cohort_card.md'}"

@@ -1,33 +1,31 @@
 """The exam cache: preprocess every exam of a manifest once, then load it in well under a millisecond.
 
-Layout of a cache folder (nnU-Net style: a plan on disk, one entry per exam)::
-
-    plan.json                    preprocessing config, its fingerprint, versions (the "plan")
-    exams/<key>.image.npy        float16 [P, X, Y, Z], the P present sequences in canonical order
-    exams/<key>.masks.npy        uint8 [2, X, Y, Z]: brain mask, tumour segmentation labels
-    exams/<key>.json             the entry: exam id, sequences, affine, checksums, fingerprints
-    exams/<key>.failed.json      why an exam could not be preprocessed (one per quarantined exam)
-    index.json                   all valid entries, rebuilt at the end of every run
-    quarantine.csv               exam, file and reason for every quarantined exam
-
+The cache folder holds ``plan.json``, ``index.json``, ``quarantine.csv`` and one entry per exam under
+``exams/`` (see :mod:`umbif.data.cache_layout`, nnU-Net style: a plan on disk, one entry per exam).
 Every file is written atomically and the ``.json`` entry is written last, so an exam counts as
 cached only when all of it is on disk: a killed run loses at most the exams in flight, and a rerun
-skips everything whose entry fingerprint still matches (same config, same input files) and
-rebuilds the rest. Shards (``--shard i/n``) touch disjoint exams, so cluster array jobs can share
-one cache folder; each rebuilds the index from all entries when it ends.
+skips everything whose entry fingerprint still matches (same config, same input files) and whose
+arrays still have the size and checksum of the entry, and rebuilds the rest. A failure while
+writing one exam quarantines that exam; a full disk stops the run with one message naming the
+folder, and every exam finished before it stays cached. Shards (``--shard i/n``) touch disjoint
+exams, so cluster array jobs can share one cache folder; each rebuilds the index from all entries
+when it ends.
 
 ``.npy`` is used because it memory-maps with no decompression and no extra dependency.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -37,12 +35,25 @@ import numpy as np
 
 from umbif import SEQUENCES
 from umbif.config import PreprocessConfig
-from umbif.data.manifest import Exam, Manifest, PathEscapeError, Problem, validate
+from umbif.data.cache_layout import (
+    EXAMS_DIR,
+    KINDS,
+    REBUILD,
+    CacheError,
+    array_path,
+    entry_paths,
+    read_index,
+    read_plan,
+    verify_entry,
+)
+from umbif.data.manifest import Exam, Manifest, ManifestError, PathError, Problem, validate
 from umbif.data.preprocess import PREPROCESS_VERSION, preprocess_exam
 from umbif.provenance import provenance
-from umbif.utils import atomic_write, remove_stale_temps, safe_name, write_text_atomic
+from umbif.utils import atomic_write, csv_cell, json_text, remove_stale_temps, write_json, write_text_atomic
 
-EXAMS_DIR = "exams"
+
+class WorkerDied(RuntimeError):
+    """A worker process of ``run_preprocess`` was killed (most often by the system, out of memory)."""
 
 
 @dataclass(frozen=True)
@@ -108,25 +119,20 @@ def exam_fingerprint(exam: Exam, plan: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def entry_paths(cache_dir: Path, exam_id: str) -> dict[str, Path]:
-    key = safe_name(exam_id)
-    base = cache_dir / EXAMS_DIR
-    return {
-        "image": base / f"{key}.image.npy",
-        "masks": base / f"{key}.masks.npy",
-        "entry": base / f"{key}.json",
-        "failed": base / f"{key}.failed.json",
-    }
-
-
-def _save_npy(path: Path, array: np.ndarray) -> str:
-    """Write an array as .npy atomically; returns the sha256 of the bytes written."""
+def _save_npy(path: Path, array: np.ndarray) -> tuple[str, int]:
+    """Write an array as .npy atomically; returns the sha256 and the size of the bytes written."""
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     data = buffer.getvalue()
     with atomic_write(path, "wb") as handle:
         handle.write(data)
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def _disk_full(err: BaseException) -> bool:
+    """A full disk, a full quota or a read-only file system stops the whole run (every exam would fail the
+    same way); every other failure quarantines one exam."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _failure_file(message: str, exam: Exam) -> str:
@@ -137,29 +143,51 @@ def _failure_file(message: str, exam: Exam) -> str:
     return ""
 
 
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
+def _quarantine(paths: dict[str, Path], record: dict[str, str]) -> None:
+    """Remove an exam's entry and arrays and write why it failed. Only a full disk stops the run: a
+    record that cannot be written (e.g. a folder in its place) is still in the run's report."""
+    for kind in ("entry", "image", "masks"):
+        with contextlib.suppress(OSError):  # gone already, or a folder in its place
+            paths[kind].unlink()
+    try:
+        write_json(paths["failed"], record, indent=1)
+    except OSError as err:
+        if _disk_full(err):
+            raise
 
 
 def process_one(exam: Exam, cache_dir: Path, config: PreprocessConfig, fingerprint: str) -> dict[str, Any]:
     """Preprocess one exam and write its cache entry; on failure write its quarantine record.
 
+    Every step, reading and writing, is inside the exam's guard: whatever goes wrong quarantines this
+    exam and the run goes on, except a full disk (``OSError`` ENOSPC/EDQUOT), which is raised.
+
     Runs in a worker process. Returns ``{"exam_id", "ok", "file", "reason"}``.
     """
     paths = entry_paths(cache_dir, exam.exam_id)
-    for path in paths.values():
-        remove_stale_temps(path)
     try:
-        result = preprocess_exam(exam, config)
+        for path in paths.values():
+            remove_stale_temps(path)
+        _write_entry(exam, paths, config, fingerprint)
     except Exception as err:  # any failure quarantines this exam and the run goes on
+        if _disk_full(err):
+            raise
         reason = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
         if not isinstance(err, ValueError | OSError):
             reason += " | " + traceback.format_exc(limit=3).replace("\n", " ")
         record = {"exam_id": exam.exam_id, "file": _failure_file(str(err), exam), "reason": reason}
-        _remove([paths["entry"], paths["image"], paths["masks"]])
-        write_text_atomic(paths["failed"], json.dumps(record, indent=1) + "\n")
+        _quarantine(paths, record)
         return {"ok": False, **record}
+    with contextlib.suppress(OSError):  # a stale record that cannot go is only listed in quarantine.csv
+        paths["failed"].unlink(missing_ok=True)
+    return {"ok": True, "exam_id": exam.exam_id, "file": "", "reason": ""}
+
+
+def _write_entry(exam: Exam, paths: dict[str, Path], config: PreprocessConfig, fingerprint: str) -> None:
+    """Preprocess one exam and write its arrays, then its entry (last: it makes the exam count as cached)."""
+    result = preprocess_exam(exam, config)
+    image_sha, image_bytes = _save_npy(paths["image"], result.image.astype(np.float16))
+    masks_sha, masks_bytes = _save_npy(paths["masks"], result.masks)
     entry = {
         "exam_id": exam.exam_id,
         "sequences": list(result.sequences),
@@ -173,22 +201,22 @@ def process_one(exam: Exam, cache_dir: Path, config: PreprocessConfig, fingerpri
         "plan_fingerprint": plan_fingerprint(config),
         "fingerprint": fingerprint,
         "files": {"image": paths["image"].name, "masks": paths["masks"].name},
-        "sha256": {
-            "image": _save_npy(paths["image"], result.image.astype(np.float16)),
-            "masks": _save_npy(paths["masks"], result.masks),
-        },
+        "sha256": {"image": image_sha, "masks": masks_sha},
+        "bytes": {"image": image_bytes, "masks": masks_bytes},
     }
-    write_text_atomic(paths["entry"], json.dumps(entry, indent=1) + "\n")
-    paths["failed"].unlink(missing_ok=True)
-    return {"ok": True, "exam_id": exam.exam_id, "file": "", "reason": ""}
+    write_text_atomic(paths["entry"], json_text(entry, indent=1) + "\n")
 
 
 def _is_current(paths: dict[str, Path], fingerprint: str) -> bool:
+    """True when the exam's entry has this fingerprint and its arrays their size and checksum."""
     try:
         entry = json.loads(paths["entry"].read_text())
-    except (OSError, ValueError):
-        return False
-    return entry.get("fingerprint") == fingerprint and paths["image"].is_file() and paths["masks"].is_file()
+        if entry.get("fingerprint") != fingerprint:
+            return False
+        verify_entry(paths["entry"].parents[1], entry)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # a damaged entry or array: rebuild it
+    return True
 
 
 def _init_worker() -> None:
@@ -206,7 +234,7 @@ def write_plan(cache_dir: Path, config: PreprocessConfig) -> None:
         "preprocess": config.to_dict(),
         "provenance": provenance(),
     }
-    write_text_atomic(cache_dir / "plan.json", json.dumps(plan, indent=2) + "\n")
+    write_json(cache_dir / "plan.json", plan)
 
 
 def run_preprocess(
@@ -219,9 +247,10 @@ def run_preprocess(
 ) -> RunReport:
     """Preprocess every exam of the manifest (or of one shard) into ``cache_dir``.
 
-    Exams with errors in the manifest (missing file, path outside the root, no sequence) and
-    exams whose files cannot be preprocessed are quarantined; the others are cached. Exams already
-    cached with the same fingerprint are skipped.
+    Exams with errors in the manifest (missing file, path outside the root, no sequence, an exam_id
+    on several rows: all its rows) and exams whose files cannot be read or written are quarantined;
+    a row without exam_id is reported; the others are cached. Exams already cached with the same
+    fingerprint, whose arrays still match their size and checksum, are skipped; a damaged one is rebuilt.
 
     Args:
         manifest: the exams.
@@ -233,73 +262,108 @@ def run_preprocess(
 
     Returns:
         A :class:`RunReport`; the index and quarantine files are rewritten before returning.
+
+    Raises:
+        ManifestError: a required column is missing (nothing is written).
+        OSError: the disk is full or read-only (one message naming the folder); the exams finished
+            before are cached and indexed where the disk allows.
+        WorkerDied: a worker process was killed (out of memory?); finished exams are kept.
     """
     config = config or PreprocessConfig()
     cache_dir = Path(cache_dir)
+    problems = validate(manifest)
+    missing = [p for p in problems if p.severity == "error" and p.row is None]
+    if missing:
+        raise ManifestError("; ".join(p.message for p in missing))
     (cache_dir / EXAMS_DIR).mkdir(parents=True, exist_ok=True)
     write_plan(cache_dir, config)
     plan = plan_fingerprint(config)
     report = RunReport(cache_dir=cache_dir)
 
     row_errors: dict[int, list[Problem]] = {}
-    for problem in validate(manifest):
+    for problem in problems:
         if problem.severity == "error" and problem.row is not None:
             row_errors.setdefault(problem.row - 1, []).append(problem)
+    rows_of = manifest.table.groupby("exam_id", sort=False).indices if len(manifest) else {}
     todo: list[tuple[Exam, str]] = []
     seen: set[str] = set()
-    for index in range(len(manifest)):
-        exam_id = manifest.table.at[index, "exam_id"]
-        if not exam_id or exam_id in seen or not shard.owns(exam_id):
-            continue  # empty/duplicate ids are quarantined through row_errors of the first row only
-        seen.add(exam_id)
-        if index in row_errors:
-            reason = "; ".join(f"{p.column or 'row'}: {p.message}" for p in row_errors[index])
-            _quarantine_row(cache_dir, exam_id, reason, report)
-            continue
-        try:
-            exam = manifest.exam(index)
-        except PathEscapeError as err:  # already caught by validate; kept for API users
-            _quarantine_row(cache_dir, exam_id, str(err), report)
-            continue
-        fingerprint = exam_fingerprint(exam, plan)
-        if _is_current(entry_paths(cache_dir, exam_id), fingerprint):
-            report.skipped += 1
-            continue
-        todo.append((exam, fingerprint))
-
-    total, finished = len(todo), 0
     try:
-        if workers <= 1:
-            for exam, fingerprint in todo:
-                _record(process_one(exam, cache_dir, config, fingerprint), report)
-                finished += 1
-                if on_progress:
-                    on_progress(finished, total)
-        elif todo:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-                futures = [pool.submit(process_one, exam, cache_dir, config, fp) for exam, fp in todo]
-                for future in as_completed(futures):
-                    _record(future.result(), report)
-                    finished += 1
-                    if on_progress:
-                        on_progress(finished, total)
-    finally:
-        build_index(cache_dir)
+        for index in range(len(manifest)):
+            exam_id = manifest.table.at[index, "exam_id"]
+            if not exam_id:
+                report.failures.append(Failure("", "", f"manifest row {index + 1}: exam_id is empty; row skipped"))
+                continue
+            if exam_id in seen or not shard.owns(exam_id):
+                continue  # the first row of a duplicated id quarantines the id
+            seen.add(exam_id)
+            found = [p for i in rows_of[exam_id] for p in row_errors.get(i, [])]  # a duplicated id: all its rows
+            if found:
+                reason = "; ".join(f"{p.column or 'row'}: {p.message}" for p in found)
+                _quarantine_row(cache_dir, exam_id, reason, report)
+                continue
+            try:
+                exam = manifest.exam(index)
+            except PathError as err:  # already caught by validate; kept for API users
+                _quarantine_row(cache_dir, exam_id, str(err), report)
+                continue
+            fingerprint = exam_fingerprint(exam, plan)
+            if _is_current(entry_paths(cache_dir, exam_id), fingerprint):
+                report.skipped += 1
+                continue
+            todo.append((exam, fingerprint))
+        _run(todo, cache_dir, config, workers, report, on_progress)
+    except BaseException:
+        with contextlib.suppress(OSError):  # e.g. the disk is full: the entries written so far are complete
+            build_index(cache_dir)
+        raise
+    build_index(cache_dir)
     return report
 
 
-def _record(result: dict[str, Any], report: RunReport) -> None:
-    if result["ok"]:
-        report.done += 1
-    else:
-        report.failures.append(Failure(result["exam_id"], result["file"], result["reason"]))
+def _run(
+    todo: list[tuple[Exam, str]],
+    cache_dir: Path,
+    config: PreprocessConfig,
+    workers: int,
+    report: RunReport,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """Preprocess the exams of ``todo`` in this process or in ``workers`` processes."""
+    if workers <= 1 or not todo:
+        _collect((process_one(exam, cache_dir, config, fp) for exam, fp in todo), len(todo), report, on_progress)
+        return
+    context = get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=_init_worker) as pool:
+        futures = [pool.submit(process_one, exam, cache_dir, config, fp) for exam, fp in todo]
+        try:
+            _collect((future.result() for future in as_completed(futures)), len(todo), report, on_progress)
+        except BrokenProcessPool:
+            raise WorkerDied(
+                f"a worker process was killed while preprocessing into {cache_dir} (most often the system ran out "
+                "of memory); the exams finished so far are kept: rerun with fewer --workers"
+            ) from None
+        except BaseException:
+            for future in futures:  # stop what has not started; the exams in flight finish or are lost
+                future.cancel()
+            raise
+
+
+def _collect(
+    results: Iterable[dict[str, Any]], total: int, report: RunReport, on_progress: Callable[[int, int], None] | None
+) -> None:
+    """Count each result of :func:`process_one` in ``report`` as it comes, and call ``on_progress``."""
+    for finished, result in enumerate(results, start=1):
+        if result["ok"]:
+            report.done += 1
+        else:
+            report.failures.append(Failure(result["exam_id"], result["file"], result["reason"]))
+        if on_progress:
+            on_progress(finished, total)
 
 
 def _quarantine_row(cache_dir: Path, exam_id: str, reason: str, report: RunReport) -> None:
-    paths = entry_paths(cache_dir, exam_id)
     record = {"exam_id": exam_id, "file": "", "reason": f"manifest: {reason}"}
-    _remove([paths["entry"], paths["image"], paths["masks"]])
-    write_text_atomic(paths["failed"], json.dumps(record, indent=1) + "\n")
+    _quarantine(entry_paths(cache_dir, exam_id), record)
     report.failures.append(Failure(**record))
 
 
@@ -316,35 +380,22 @@ def build_index(cache_dir: str | Path) -> dict[str, Any]:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # a file being replaced right now by another shard; its writer re-indexes
+        if not isinstance(record, dict):
+            continue  # not written by umbif
         if path.name.endswith(".failed.json"):
             failures.append(record)
         elif record.get("plan_fingerprint") == plan:
             entries.append(record)
     index = {"plan_fingerprint": plan, "sequences": list(SEQUENCES), "exams": entries}
-    write_text_atomic(cache_dir / "index.json", json.dumps(index) + "\n")
+    write_json(cache_dir / "index.json", index, indent=None)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["exam_id", "file", "reason"])
+    fields = ["exam_id", "file", "reason"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(sorted(failures, key=lambda r: r["exam_id"]))
+    for record in sorted(failures, key=lambda r: str(r.get("exam_id", ""))):
+        writer.writerow({k: csv_cell(str(record.get(k, ""))) for k in fields})  # no cell runs as a formula
     write_text_atomic(cache_dir / "quarantine.csv", buffer.getvalue())
     return index
-
-
-def _read_json(cache_dir: str | Path, name: str) -> dict[str, Any]:
-    path = Path(cache_dir) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `umbif preprocess MANIFEST --out {cache_dir}` first")
-    return json.loads(path.read_text())
-
-
-def read_index(cache_dir: str | Path) -> dict[str, Any]:
-    """The cache's ``index.json``: the plan fingerprint and one entry per cached exam."""
-    return _read_json(cache_dir, "index.json")
-
-
-def read_plan(cache_dir: str | Path) -> dict[str, Any]:
-    """The cache's ``plan.json``: ``plan_fingerprint``, ``preprocess`` (the PreprocessConfig), versions."""
-    return _read_json(cache_dir, "plan.json")
 
 
 class Cache:
@@ -359,6 +410,7 @@ class Cache:
 
     Raises:
         FileNotFoundError: no ``index.json`` or ``plan.json`` (the message says to run ``umbif preprocess``).
+        CacheError: one of them is damaged.
 
     Example:
         >>> cache = Cache("cache/")
@@ -415,30 +467,31 @@ class Cache:
 
     def load(self, exam_id: str, kind: str) -> np.ndarray:
         """The memory-mapped ``"image"`` (float16 ``[P, X, Y, Z]``, present sequences) or ``"masks"``
-        (uint8 ``[2, X, Y, Z]``: brain mask, tumour labels) array of a cached exam."""
-        name = self.entry(exam_id)["files"][kind]
-        return np.load(self.path / EXAMS_DIR / name, mmap_mode="r", allow_pickle=False)
+        (uint8 ``[2, X, Y, Z]``: brain mask, tumour labels) array of a cached exam.
+
+        Raises:
+            KeyError: the exam is not cached.
+            CacheError: the file is missing, empty, truncated or not the array its entry describes; the
+                message names the exam and the file and says to rerun ``umbif preprocess``.
+        """
+        entry = self.entry(exam_id)
+        path = array_path(self.path, entry, kind)
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise CacheError(f"exam {exam_id!r}: {path} cannot be read ({err or 'empty file'}); {REBUILD}") from None
+        dtype, channels = KINDS[kind]
+        expected = (channels or len(entry.get("sequences", ())), *entry.get("shape", ()))
+        if array.dtype != np.dtype(dtype) or tuple(array.shape) != expected:
+            raise CacheError(
+                f"exam {exam_id!r}: {path} holds {array.dtype} {list(array.shape)}, its entry says {dtype} "
+                f"{list(expected)}; {REBUILD}"
+            )
+        return array
 
     def verify(self, exam_id: str) -> None:
         """Check an exam's files against their checksums (:func:`verify_entry`)."""
         verify_entry(self.path, self.entry(exam_id))
-
-
-def verify_entry(cache_dir: str | Path, entry: dict[str, Any]) -> None:
-    """Check an entry's files against the checksums in the index.
-
-    Raises:
-        ValueError: a file is missing or its content changed since it was written.
-    """
-    base = Path(cache_dir) / EXAMS_DIR
-    for kind, name in entry["files"].items():
-        path = base / name
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-        if digest != entry["sha256"][kind]:
-            raise ValueError(
-                f"{path}: checksum mismatch for exam {entry['exam_id']} ({digest[:12]} != "
-                f"{entry['sha256'][kind][:12]}); rerun `umbif preprocess` to rebuild it"
-            )
 
 
 def cache_bytes(cache_dir: str | Path) -> int:
@@ -453,14 +506,17 @@ def describe(cache_dir: str | Path, verify: bool = False) -> dict[str, Any]:
     index = read_index(cache_dir)
     plan = read_plan(cache_dir)
     quarantine = cache_dir / "quarantine.csv"
-    failed = list(csv.DictReader(quarantine.open())) if quarantine.is_file() else []
+    failed = []
+    if quarantine.is_file():
+        with quarantine.open(encoding="utf-8", errors="replace", newline="") as handle:
+            failed = list(csv.DictReader(handle))
     corrupt = []
     if verify:
         for entry in index["exams"]:
             try:
                 verify_entry(cache_dir, entry)
-            except ValueError as err:
-                corrupt.append(str(err))
+            except (CacheError, KeyError, TypeError, AttributeError) as err:
+                corrupt.append(str(err) if isinstance(err, CacheError) else f"exam {entry['exam_id']}: bad entry")
     n = len(index["exams"])
     size = cache_bytes(cache_dir)
     return {
@@ -470,21 +526,25 @@ def describe(cache_dir: str | Path, verify: bool = False) -> dict[str, Any]:
         "bytes_per_exam": size // n if n else 0,
         "plan_fingerprint": index["plan_fingerprint"],
         "preprocess": plan["preprocess"],
-        "sequence_counts": {s: sum(s in e["sequences"] for e in index["exams"]) for s in SEQUENCES},
-        "with_seg": sum(bool(e["has_seg"]) for e in index["exams"]),
+        "sequence_counts": {s: sum(s in e.get("sequences", ()) for e in index["exams"]) for s in SEQUENCES},
+        "with_seg": sum(bool(e.get("has_seg")) for e in index["exams"]),
         "corrupt": corrupt,
     }
 
 
 __all__ = [
     "Cache",
+    "CacheError",
     "Failure",
     "RunReport",
     "Shard",
+    "WorkerDied",
     "build_index",
     "cache_bytes",
     "describe",
+    "entry_paths",
     "read_index",
+    "read_plan",
     "run_preprocess",
     "verify_entry",
 ]

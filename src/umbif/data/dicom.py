@@ -22,13 +22,16 @@ pixel data) is :mod:`umbif.data.dicom_io`.
 
 Nothing that identifies a patient leaves this module: patient ids become keyed hashes
 (:mod:`umbif.data.pseudonym`), study dates become days since the patient's first exam, and names,
-birth dates, accession numbers and UIDs are read only to group files. Problem lines name files by
-their path under ROOT and series by exam pseudonym, SeriesNumber and SeriesDescription (left out
-when it contains one of the study's identifiers).
+birth dates, accession numbers and UIDs are read only to group files and to find them again in free
+text. Files are named by :class:`~umbif.data.pseudonym.PathNamer` (relative to their exam's folder, which
+the exam pseudonym names; a name holding an identifier, a date or a UID becomes a keyed hash), series
+by exam pseudonym, SeriesNumber and SeriesDescription (withheld when it holds an identifier of any file
+read, a date or a UID). The site is what the caller says, never a folder name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections import defaultdict
@@ -54,13 +57,15 @@ from umbif.data.dicom_io import (
     stack_slices,
 )
 from umbif.data.io import write_nifti
-from umbif.data.pseudonym import Pseudonymiser, day_offsets, leaks, parse_date
-from umbif.data.sources.common import IngestReport, manifest_from_rows, site_name
-from umbif.utils import atomic_write
+from umbif.data.pseudonym import Identifiers, PathNamer, Pseudonymiser, Withheld, day_offsets, parse_date
+from umbif.data.sources.common import IngestReport, manifest_from_rows
+from umbif.utils import atomic_write, csv_safe
 
 ENHANCED_MR = frozenset({"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4"})
 LOCALIZER_MAX_SLICES = 5  # a series in several orientations with at most this many slices each is a localizer
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+DEFAULT_SITE = "site"  # site of every exam when none is given: ROOT's folder name may name a patient
+WITHHELD = "<withheld: contains an identifier>"  # what is shown for a description that holds an identifier
 SERIES_COLUMNS = (
     "exam_id",
     "patient_id",
@@ -274,35 +279,59 @@ class _Study:
 
 
 def _without_copies(headers: list[SliceHeader], problems: list[str]) -> list[SliceHeader]:
-    """The headers with second copies of an image (same SOPInstanceUID, e.g. exported twice) left out."""
+    """One header per image: of its copies (same SOPInstanceUID, e.g. exported twice) the first with its
+    geometry complete is kept and the others become its ``copies``, read when its pixel data does not
+    decode, so the copy that decodes wins in any walk order."""
     first: dict[str, SliceHeader] = {}
-    copies = []
-    for header in headers:
+    copies: dict[str, list[SliceHeader]] = defaultdict(list)
+    for header in sorted(headers, key=lambda h: None in (h.position, h.orientation, h.pixel_spacing)):
         if header.instance_uid and header.instance_uid in first:
-            copies.append(header)
+            copies[header.instance_uid].append(header)
         else:
-            first[header.instance_uid or header.relative] = header
+            first[header.instance_uid or header.path.as_posix()] = header
     if copies:
+        uid, extra = next(iter(copies.items()))
+        n = sum(len(c) for c in copies.values())
         problems.append(
-            f"{len(copies)} {'file is a copy' if len(copies) == 1 else 'files are copies'} of another file (same "
-            "SOPInstanceUID), ignored: e.g. "
-            f"{copies[0].relative} (a copy of {first[copies[0].instance_uid].relative})"
+            f"{n} {'file is a copy' if n == 1 else 'files are copies'} of another file (same SOPInstanceUID); "
+            f"each image is read from the first copy whose pixel data decodes: e.g. {first[uid].relative} and "
+            f"{extra[0].relative}"
         )
-    return list(first.values())
+    return [
+        dataclasses.replace(h, copies=tuple(c.path for c in copies[key])) if key in copies else h
+        for key, h in first.items()
+    ]
+
+
+def _study_key(header: SliceHeader) -> tuple[str, str]:
+    """(patient key, StudyInstanceUID): a study without PatientID is its own patient."""
+    return header.patient_id or f"\x00study {header.study_uid}", header.study_uid
+
+
+def _namer(headers: list[SliceHeader], pseudonymiser: Pseudonymiser) -> PathNamer:
+    """How files are named in outputs: under the folder of their exam (or patient), withheld names hashed."""
+    exams: dict[str, list[str]] = defaultdict(list)
+    patients: dict[str, list[str]] = defaultdict(list)
+    for header in headers:
+        patient, study = _study_key(header)
+        exams[pseudonymiser.exam(patient, study)].append(header.relative)
+        patients[pseudonymiser.patient(patient)].append(header.relative)
+    withheld = Withheld(Identifiers.union(h.identifiers for h in headers))
+    return PathNamer(pseudonymiser, withheld, [exams, patients])
 
 
 def _studies(headers: list[SliceHeader], pseudonymiser: Pseudonymiser) -> list[_Study]:
     """Group slices by patient, study and series; pseudonyms and day offsets per study."""
     grouped: dict[tuple[str, str], dict[str, list[SliceHeader]]] = defaultdict(lambda: defaultdict(list))
     for header in headers:
-        grouped[header.patient_id, header.study_uid][header.series_uid].append(header)
-    patient_key = {key: key[0] or f"\x00study {key[1]}" for key in grouped}  # no PatientID: its own patient
+        grouped[_study_key(header)][header.series_uid].append(header)
+    patient_key = {key: key[0] for key in grouped}
     dates = {key: parse_date(next(iter(series.values()))[0].study_date) for key, series in grouped.items()}
     offsets = day_offsets(dates, patient_key)
     studies = [
         _Study(
-            pseudonymiser.patient(patient_key[key]),
-            pseudonymiser.exam(patient_key[key], key[1]),
+            pseudonymiser.patient(key[0]),
+            pseudonymiser.exam(key[0], key[1]),
             offsets[key],
             sorted(series.values(), key=lambda s: (s[0].series_number or 0, s[0].relative)),
         )
@@ -311,17 +340,17 @@ def _studies(headers: list[SliceHeader], pseudonymiser: Pseudonymiser) -> list[_
     return sorted(studies, key=lambda s: (s.patient, -1 if s.timepoint is None else s.timepoint, s.exam))
 
 
-def _screen(series: list[SliceHeader], rules: SeriesRules) -> str | None:
+def _screen(series: list[SliceHeader], rules: SeriesRules, withheld: Withheld) -> str | None:
     """Why a series is not a candidate at all (before classification), or None."""
     first = series[0]
     if first.modality != "MR":
-        return f"modality {first.modality or 'unknown'}, not MR"
+        return f"modality {_shown(first.modality or 'unknown', withheld)}, not MR"
     if first.frames > 1 or first.sop_class in ENHANCED_MR:
         return "enhanced multi-frame DICOM is not converted; convert it with dcm2niix and use `umbif ingest folder`"
     if first.samples != 1:
         return f"colour image ({first.samples} samples per pixel)"
     if rules.skip_derived and {"DERIVED", "SECONDARY"} & set(first.image_type[:2]):
-        return f"derived image (ImageType {'/'.join(first.image_type[:2])}): not acquired data"
+        return f"derived image (ImageType {_shown('/'.join(first.image_type[:2]), withheld)}): not acquired data"
     orientations: dict[tuple[float, ...], int] = defaultdict(int)
     for s in series:
         if s.orientation is not None:
@@ -334,13 +363,23 @@ def _screen(series: list[SliceHeader], rules: SeriesRules) -> str | None:
     return None
 
 
-def _describe(study: _Study, slices: list[SliceHeader]) -> _Series:
-    """A series with its problem-line label and series.csv row; a description that contains one of the
-    study's identifiers is withheld."""
+def _shown(text: str, withheld: Withheld) -> str:
+    """``text`` from a header as it may be shown: withheld when it holds an identifier, a date or a UID."""
+    return "<withheld>" if withheld.holds(text) else text
+
+
+def _unquoted(reason: str, withheld: Withheld) -> str:
+    """A classification reason with each quoted piece of a header's names that holds an identifier withheld."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"", lambda m: "'<withheld>'" if withheld.holds(m.group(0)) else m.group(0), reason)
+
+
+def _describe(study: _Study, slices: list[SliceHeader], withheld: Withheld) -> _Series:
+    """A series with its problem-line label and series.csv row; a description that holds an identifier of
+    any file read, a date or a UID is withheld (the series is kept)."""
     first = slices[0]
     description = first.acquisition.description
-    if leaks([description], first.identifiers):
-        description = "<withheld: contains an identifier>"
+    if withheld.holds(description):
+        description = WITHHELD
     folders = sorted({Path(s.relative).parent.as_posix() for s in slices})
     folder = folders[0] + (f" and {len(folders) - 1} more folders" if len(folders) > 1 else "")
     number = "?" if first.series_number is None else first.series_number
@@ -356,20 +395,21 @@ def _describe(study: _Study, slices: list[SliceHeader]) -> _Series:
     return _Series(slices, f"{study.exam} series {number} {description!r} ({folder}, {len(slices)} files)", record)
 
 
-def _candidates(study: _Study, rules: SeriesRules, problems: list[str]) -> list[_Series]:
+def _candidates(study: _Study, rules: SeriesRules, withheld: Withheld, problems: list[str]) -> list[_Series]:
     """Every series of a study, screened, classified and stacked; what fails is reported in ``problems``."""
     decided = []
     for slices in study.series:
-        series = _describe(study, slices)
+        series = _describe(study, slices, withheld)
         decided.append(series)
-        if reason := _screen(slices, rules):
+        if reason := _screen(slices, rules, withheld):
             series.record.update(decision="skipped", reason=reason)
             problems.append(f"{series.label}: skipped, {reason}")
             continue
         found = series.classification = classify(slices[0].acquisition, rules)
-        series.record.update(decision=found.kind, reason=found.reason)
+        why = _unquoted(found.reason, withheld)
+        series.record.update(decision=found.kind, reason=why)
         if found.sequence is None:
-            problems.append(f"{series.label}: {found.kind} ({found.reason}); not converted")
+            problems.append(f"{series.label}: {found.kind} ({why}); not converted")
             continue
         try:
             series.stack = stack_slices(slices)
@@ -434,13 +474,15 @@ def ingest_dicom(
         out_dir: where ``<patient>/<exam>/<sequence>.nii.gz`` and ``series.csv`` go; the manifest's
             root (the caller writes ``manifest.csv`` there). Not searched when it lies inside ``root``.
         pseudonymiser: the keyed hash for patient and exam ids (``Pseudonymiser.from_user()``).
-        site: site of every exam (default: ``root``'s folder name).
+        site: site of every exam (default :data:`DEFAULT_SITE`, reported; never a folder name, which may
+            name a patient).
         rules: how series are classified and chosen (default :class:`SeriesRules`).
         on_progress: called as ``(stage, done, total)`` for the stages "headers" and "convert".
 
     Returns:
         The manifest (one row per study with at least one converted sequence), the problems (one
-        line per file or series not used, and why), and the series table.
+        line per file or series not used, and why), and the series table. Files and folders are named
+        in both by :class:`~umbif.data.pseudonym.PathNamer`, never by their raw path.
 
     Example:
         >>> report = ingest_dicom("archive", "nifti", Pseudonymiser.from_user("~/umbif.key"))  # doctest: +SKIP
@@ -454,21 +496,29 @@ def ingest_dicom(
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; give the folder that holds the DICOM files")
     if out_dir == root:
-        raise ValueError(f"write the output to another folder than {root}, e.g. next to it")
+        raise ValueError("write the output to another folder than ROOT, e.g. next to it")
     rules = rules or SeriesRules()
-    site = site or site_name(root)
     files = list_files(root, exclude=out_dir)
-    headers, problems = read_headers(files, root, on_progress and functools.partial(on_progress, "headers"))
+    headers, unreadable = read_headers(files, root, on_progress and functools.partial(on_progress, "headers"))
+    namer = _namer(headers, pseudonymiser)
+    problems = [f"{namer(p.relative)}: {p.reason}" for p in unreadable]
     if not headers:
-        raise ValueError(f"no DICOM image under {root} ({'; '.join(problems[:3]) or 'no files'})")
-    headers = _without_copies(headers, problems)
+        raise ValueError(f"no DICOM image under ROOT ({'; '.join(problems[:3]) or 'no files'})")
+    if not site:
+        site = DEFAULT_SITE
+        problems.append(
+            f"no site given: every exam's site is {site!r}; name it (--site hospitalA) to tell sites apart "
+            "(ROOT's folder name is not used: it may name a patient)"
+        )
+    headers = _without_copies([dataclasses.replace(h, relative=namer(h.relative)) for h in headers], problems)
+    withheld = namer.withheld
 
     studies = _studies(headers, pseudonymiser)
     plans = []
     for study in studies:
         if not study.series[0][0].patient_id:
             problems.append(f"{study.exam}: no PatientID; the exam is its own patient")
-        decided = _candidates(study, rules, problems)
+        decided = _candidates(study, rules, withheld, problems)
         plans.append((study, decided, _chosen(study, decided, rules, problems)))
 
     rows, converted, total = [], 0, sum(len(chosen) for _, _, chosen in plans)
@@ -504,7 +554,7 @@ def ingest_dicom(
 
     table = pd.DataFrame.from_records([s.record for _, decided, _ in plans for s in decided], columns=SERIES_COLUMNS)
     with atomic_write(out_dir / "series.csv", "w") as handle:
-        handle.write(table.to_csv(index=False))
+        handle.write(csv_safe(table).to_csv(index=False))
     if not rows:
-        raise ValueError(f"no exam could be built from {root}: no series was converted; see {out_dir / 'series.csv'}")
+        raise ValueError(f"no exam could be built from ROOT: no series was converted; see {out_dir / 'series.csv'}")
     return DicomReport(manifest_from_rows(rows, out_dir), problems, table)

@@ -5,31 +5,67 @@ that is :mod:`umbif.data.dicom` (classification and ingest), which, like the RSN
 
 Coordinates: DICOM patient space is LPS, NIfTI world space is RAS; a :class:`Stack`'s affine maps voxel
 ``(i, j, k)`` (column, row, slice) to RAS mm. Identifiers read from a header stay in memory to group
-files; problem lines name files only by their path under the walked root.
+files and to find them again in free text (:class:`~umbif.data.pseudonym.Identifiers`); problem lines name
+files by :attr:`SliceHeader.relative`, which the DICOM ingest replaces with a name free of identifiers.
+pydicom's warnings and log records, which can quote header values, are silenced while reading.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from umbif.data.io import write_nifti
+from umbif.data.pseudonym import Identifiers
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM patient space is LPS, NIfTI world space is RAS
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines that differ less are the same orientation
 SPACING_TOLERANCE_MM = 0.05  # slice gaps, in-plane spacings and sideways shifts within this are equal ...
 SPACING_TOLERANCE_FRACTION = 0.01  # ... or within this fraction of the slice spacing (the larger wins)
+ORGANISATION_TAGS = frozenset(  # text tags that name an organisation or a place; every PN tag names a person
+    {
+        "InstitutionName",
+        "InstitutionAddress",
+        "InstitutionalDepartmentName",
+        "ReferringPhysicianAddress",
+        "ReferringPhysicianTelephoneNumbers",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "PersonAddress",
+        "PersonTelephoneNumbers",
+        "ResponsibleOrganization",
+    }
+)
+ID_TAGS = frozenset(  # tags that hold an id of a patient, a visit or a request
+    {
+        "PatientID",
+        "OtherPatientIDs",
+        "IssuerOfPatientID",
+        "AccessionNumber",
+        "StudyID",
+        "MedicalRecordLocator",
+        "AdmissionID",
+        "ServiceEpisodeID",
+        "RequestedProcedureID",
+        "ScheduledProcedureStepID",
+        "PerformedProcedureStepID",
+    }
+)
 
 
 # ------------------------------------------------------------------------------------------ headers
@@ -63,13 +99,13 @@ class SliceHeader:
     """What umbif reads from one DICOM file. Identifiers stay in memory to group files; none is written."""
 
     path: Path
-    relative: str  # posix path under the walked root: the only name a file gets in problem lines
+    relative: str  # posix path under the walked root; the DICOM ingest replaces it with its output name
     patient_id: str
     study_uid: str
     series_uid: str
     instance_uid: str  # SOPInstanceUID: the same image exported twice has the same one
     study_date: str
-    identifiers: frozenset[str]  # name (and its parts), ids, birth date, accession, study date
+    identifiers: Identifiers  # every person and organisation name, id and date in the header
     series_number: int | None
     modality: str
     sop_class: str
@@ -81,10 +117,38 @@ class SliceHeader:
     orientation: tuple[float, ...] | None  # ImageOrientationPatient: row direction, column direction
     pixel_spacing: tuple[float, ...] | None  # PixelSpacing: between rows, between columns (mm)
     acquisition: Acquisition
+    copies: tuple[Path, ...] = ()  # other files of the same image (same SOPInstanceUID), tried when it fails
 
 
 class DicomError(ValueError):
-    """A file that cannot be used; the message names it by its path under ROOT."""
+    """A file that cannot be used; the message names it by :attr:`SliceHeader.relative`."""
+
+
+class UnreadableFile(DicomError):
+    """A file that is not a usable DICOM image: ``relative`` (its path under ROOT) and why."""
+
+    def __init__(self, relative: str, reason: str):
+        super().__init__(f"{relative}: {reason}")
+        self.relative, self.reason = relative, reason
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """pydicom without warnings, validation messages or log records: they can quote header values."""
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n == "pydicom" or n.startswith("pydicom.")]
+    loggers = [logging.getLogger(n) for n in {"pydicom", *names}]
+    mode, disabled = pydicom_config.settings.reading_validation_mode, [lg.disabled for lg in loggers]
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    for logger in loggers:
+        logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_config.settings.reading_validation_mode = mode
+        for logger, was in zip(loggers, disabled, strict=True):
+            logger.disabled = was
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -119,12 +183,41 @@ def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
     return tuple(str(v).strip().upper() for v in (value if isinstance(value, MultiValue) else [value]))
 
 
-def _identifiers(ds: Dataset) -> frozenset[str]:
-    name = _text(ds, "PatientName")
-    values = [name, *re.split(r"[\^=]", name)]
-    values += [_text(ds, k) for k in ("PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate", "StudyID")]
-    values += [_text(ds, "InstitutionName"), _text(ds, "ReferringPhysicianName")]
-    return frozenset(v for v in values if v)
+def _identifiers(ds: Dataset) -> Identifiers:
+    """Every person name (PN), organisation or address, id and date in the header, nested sequences included."""
+    found: dict[str, set[str]] = {"names": set(), "ids": set(), "dates": set()}
+    _collect_identifiers(ds, found)
+    return Identifiers(**{kind: frozenset(values) for kind, values in found.items()})
+
+
+def _collect_identifiers(ds: Dataset, found: dict[str, set[str]]) -> None:
+    for raw in ds.elements():  # unconverted: only the elements wanted are decoded
+        try:
+            tag = Tag(raw.tag)
+            if tag.is_private:
+                continue
+            vr = raw.VR or dictionary_VR(tag)
+            if vr == "SQ":
+                for item in ds[tag].value or ():
+                    _collect_identifiers(item, found)
+                continue
+            keyword = keyword_for_tag(tag)
+            kind = (
+                "names"
+                if vr == "PN" or keyword in ORGANISATION_TAGS
+                else "ids"
+                if keyword in ID_TAGS
+                else "dates"
+                if vr in ("DA", "DT")
+                else None
+            )
+            value = None if kind is None else ds[tag].value
+            if kind is None or value is None:
+                continue
+            values = value if isinstance(value, MultiValue) else [value]
+            found[kind] |= {str(v).strip() for v in values if str(v).strip()}
+        except Exception:  # a damaged or unknown element names nobody we could match; the file is judged elsewhere
+            continue
 
 
 def read_header(path: Path, root: Path) -> SliceHeader:
@@ -136,25 +229,24 @@ def read_header(path: Path, root: Path) -> SliceHeader:
     """
     relative = path.relative_to(root).as_posix()
     try:
-        with warnings.catch_warnings():  # pydicom's warnings about odd values quote them: they may be identifiers
-            warnings.simplefilter("ignore")
+        with quiet_pydicom():
             return _parse_header(pydicom.dcmread(path, stop_before_pixels=True), path, relative)
     except InvalidDicomError:
-        raise DicomError(f"{relative}: not a DICOM file; skipped") from None
+        raise UnreadableFile(relative, "not a DICOM file; skipped") from None
     except DicomError:
         raise
     except Exception as err:  # a damaged file raises anything from struct.error to KeyError; the rest goes on
-        raise DicomError(f"{relative}: unreadable DICOM header ({type(err).__name__}); skipped") from None
+        raise UnreadableFile(relative, f"unreadable DICOM header ({type(err).__name__}); skipped") from None
 
 
 def _parse_header(ds: Dataset, path: Path, relative: str) -> SliceHeader:
     sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", Dataset()), "MediaStorageSOPClassUID")
     if "Rows" not in ds or "Columns" not in ds:
-        kind = UID(sop_class).name if sop_class else "unknown kind"
-        raise DicomError(f"{relative}: DICOM without an image ({kind}); skipped")
+        kind = UID(sop_class).name if sop_class and UID(sop_class).keyword else "unknown kind"  # never a raw UID
+        raise UnreadableFile(relative, f"DICOM without an image ({kind}); skipped")
     study, series = _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID")
     if not study or not series:
-        raise DicomError(f"{relative}: no StudyInstanceUID or SeriesInstanceUID; skipped")
+        raise UnreadableFile(relative, "no StudyInstanceUID or SeriesInstanceUID; skipped")
     number = _number(ds, "SeriesNumber")
     return SliceHeader(
         path=path,
@@ -190,14 +282,15 @@ def _parse_header(ds: Dataset, path: Path, relative: str) -> SliceHeader:
 
 def read_headers(
     files: Sequence[Path], root: Path, on_progress: Callable[[int, int], None] | None = None
-) -> tuple[list[SliceHeader], list[str]]:
-    """Headers of ``files``; files that are not usable DICOM images come back as one problem line each."""
+) -> tuple[list[SliceHeader], list[UnreadableFile]]:
+    """Headers of ``files``; files that are not usable DICOM images come back as one problem each
+    (``str()`` is its line: path under ``root`` and reason)."""
     headers, problems = [], []
     for done, path in enumerate(files, start=1):
         try:
             headers.append(read_header(path, root))
-        except DicomError as err:
-            problems.append(str(err))
+        except UnreadableFile as err:
+            problems.append(err)
         if on_progress:
             on_progress(done, len(files))
     return headers, problems
@@ -317,19 +410,23 @@ def read_pixels(path: Path) -> np.ndarray:
     """One slice's real values (stored values times RescaleSlope plus RescaleIntercept), [rows, columns].
 
     pydicom decodes uncompressed and RLE data; for compressions it has no decoder for here (JPEG
-    lossless, JPEG-LS) SimpleITK's GDCM reads the file and applies the rescale itself.
+    lossless, JPEG-LS) SimpleITK's GDCM reads the file and applies the rescale itself (its warnings, which
+    name the file, are switched off meanwhile).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_pydicom():
         ds = pydicom.dcmread(path)
-    try:
-        pixels = ds.pixel_array.astype(np.float32)
-    except (RuntimeError, NotImplementedError):
-        import SimpleITK as sitk
+        try:
+            pixels = ds.pixel_array.astype(np.float32)
+        except (RuntimeError, NotImplementedError):
+            import SimpleITK as sitk
 
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0].astype(np.float32)
-    slope = _number(ds, "RescaleSlope")
-    intercept = _number(ds, "RescaleIntercept")
+            shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+            try:
+                return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0].astype(np.float32)
+            finally:
+                sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+        slope, intercept = _number(ds, "RescaleSlope"), _number(ds, "RescaleIntercept")
     return pixels * np.float32(slope or 1.0) + np.float32(intercept or 0.0)
 
 
@@ -337,22 +434,35 @@ def read_volume(stack: Stack) -> np.ndarray:
     """The voxel values of a stack, [i, j, k] as in :class:`Stack`: int16 when every real value is a whole
     number that fits, else float32.
 
+    A slice with copies (:attr:`SliceHeader.copies`) is read from the first of its files whose pixel data
+    decodes to the header's size, so a damaged copy never hides a good one, whichever was found first.
+
     Raises:
-        DicomError: a file's pixel data cannot be decoded or has the wrong size.
+        DicomError: no file of a slice has pixel data that decodes to its size.
     """
     volume = np.empty(stack.shape, np.float32)
     for k, header in enumerate(stack.slices):
-        try:
-            pixels = read_pixels(header.path)
-        except Exception as err:  # decoders raise many types on damaged data; the series is reported
-            raise DicomError(f"{header.relative}: pixel data unreadable ({type(err).__name__})") from None
-        if pixels.shape != header.shape:
-            raise DicomError(f"{header.relative}: pixel data is {pixels.shape}, the header says {header.shape}")
-        volume[:, :, k] = pixels.T
+        volume[:, :, k] = _slice_pixels(header).T
     whole = np.array_equal(volume, np.round(volume))
     if whole and volume.size and volume.min() >= np.iinfo(np.int16).min and volume.max() <= np.iinfo(np.int16).max:
         return volume.astype(np.int16)
     return volume
+
+
+def _slice_pixels(header: SliceHeader) -> np.ndarray:
+    """The pixels of one slice, [rows, columns], from its file or else from one of its copies."""
+    failures = []
+    for path in (header.path, *header.copies):
+        try:
+            pixels = read_pixels(path)
+        except Exception as err:  # decoders raise many types on damaged data; the series is reported
+            failures.append(f"pixel data unreadable ({type(err).__name__})")
+            continue
+        if pixels.shape == header.shape:
+            return pixels
+        failures.append(f"pixel data is {pixels.shape}, the header says {header.shape}")
+    copies = f" (and in its {len(header.copies)} copies)" if header.copies else ""
+    raise DicomError(f"{header.relative}: {failures[0]}{copies}")
 
 
 def convert(slices: Sequence[SliceHeader], path: Path) -> Stack:

@@ -1,12 +1,18 @@
 """Reading NIfTI volumes with the header checks umbif relies on, and writing them atomically.
 
 nibabel reads the file (its sform/qform rules are the field's reference); every failure becomes an
-:class:`ImageError` whose message names the file, what is wrong and what to do.
+:class:`ImageError` whose message names the file, what is wrong and what to do. Beyond nibabel's own
+checks, a ``.nii.gz`` is decompressed to its end so its CRC is verified (nibabel reads only the bytes
+it needs, so a damaged file would otherwise give damaged voxels), and a header with neither an sform
+nor a qform is refused (nibabel's fallback affine can mirror or rescale the image).
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +37,24 @@ def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, compress
 
 class ImageError(ValueError):
     """An image file that umbif refuses; the message says which file and why."""
+
+
+GZIP_SLACK = 64 << 20  # bytes a .nii.gz may hold after the voxel data before it counts as corrupt (a gzip bomb)
+
+
+def check_regular_file(path: Path, what: str = "image") -> None:
+    """Raise :class:`ImageError` unless ``path`` is a regular file (never open a FIFO: it would block)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ImageError(f"{path}: file not found") from None
+        reason = "a symbolic link loop" if err.errno == errno.ELOOP else os.strerror(err.errno or 0)
+        raise ImageError(f"{path}: cannot be opened ({reason})") from None
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{path}: is a folder, not an {what} file; give the NIfTI file inside it")
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{path}: is not a regular file (a FIFO, socket or device); give a NIfTI {what} file")
 
 
 @dataclass(frozen=True)
@@ -68,11 +92,13 @@ def read_nifti(path: str | Path, config: PreprocessConfig | None = None) -> Volu
     according to ``config.nonfinite``.
 
     Raises:
-        ImageError: unreadable or truncated file, not one 3D volume, too many voxels, bad affine,
-            non-numeric data, or non-finite voxels under ``nonfinite="error"``.
+        ImageError: not a regular file, unreadable, truncated or corrupt (gzip CRC) file, no sform or
+            qform, not one 3D volume, too many voxels, bad affine, non-numeric data, or non-finite
+            voxels under ``nonfinite="error"``.
     """
     config = config or PreprocessConfig()
     path = Path(path)
+    check_regular_file(path)
     try:
         image = nib.load(path)
     except FileNotFoundError:
@@ -94,8 +120,16 @@ def read_nifti(path: str | Path, config: PreprocessConfig | None = None) -> Volu
         image.get_data_dtype(), np.complexfloating
     ):
         raise ImageError(f"{path}: voxel type {image.get_data_dtype()} is not a real number (RGB/complex?)")
+    if int(image.header["sform_code"]) == 0 and int(image.header["qform_code"]) == 0:
+        raise ImageError(
+            f"{path}: the header has neither an sform nor a qform (both codes are 0), so its orientation is "
+            "unknown and nibabel would guess one that can mirror or rescale the image; convert it again "
+            "(e.g. with dcm2niix) or set the sform"
+        )
     affine = np.asarray(image.affine, dtype=np.float64)
     check_affine(affine, path, config)
+    if path.name.lower().endswith(".gz"):
+        image = _checked_gzip(image, path)
     try:
         if _unscaled_integers(image):
             # kept as stored (e.g. int16): half the memory and copies of float32, and no NaN to check
@@ -112,6 +146,29 @@ def read_nifti(path: str | Path, config: PreprocessConfig | None = None) -> Volu
             )
         data = np.where(finite, data, np.float32(0))
     return Volume(data=data, affine=affine, path=path)
+
+
+def _checked_gzip(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
+    """The image again, from the file decompressed once to its end, so gzip's CRC and length are checked.
+
+    Reading stops at the header's size plus :data:`GZIP_SLACK`: a file that inflates beyond it is refused.
+    """
+    needed = int(image.dataobj.offset) + int(np.prod(image.shape)) * image.get_data_dtype().itemsize
+    try:
+        with gzip.open(path, "rb") as stream:
+            raw = stream.read(needed)
+            extra = 0
+            while chunk := stream.read(1 << 20):  # the rest, to reach the CRC at the end
+                extra += len(chunk)
+                if extra > GZIP_SLACK:
+                    raise ImageError(f"{path}: holds far more data than its header describes; the file is corrupt")
+    except (EOFError, OSError, zlib.error) as err:
+        raise ImageError(
+            f"{path}: the compressed data is truncated or corrupt ({err}); copy the file again from its source"
+        ) from None
+    if len(raw) < needed:
+        raise ImageError(f"{path}: the voxel data is truncated or corrupt ({len(raw)} of {needed} bytes)")
+    return type(image).from_bytes(raw)
 
 
 def _unscaled_integers(image: nib.Nifti1Image) -> bool:

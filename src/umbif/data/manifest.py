@@ -11,12 +11,23 @@ Columns (all text; an empty cell means "not available")::
 Paths are relative to the manifest's *root*: the folder the manifest file is in, unless the caller
 names another. A path that leads outside the root (``..``, an absolute path elsewhere, a symlink
 out) is refused, so a manifest cannot make umbif read files it was not pointed at.
+
+The identity columns (``exam_id``, ``patient_id``, ``site``) are normalised when a manifest is made:
+surrounding spaces stripped and Unicode in NFC form, so ``" P1"`` and ``"P1"``, or an accented name
+typed on two systems, are one patient. A CSV manifest is written with text cells that a spreadsheet
+would run as formulas escaped (``'=...``) and read back unescaped, so it round-trips.
 """
 
 from __future__ import annotations
 
+import csv
+import errno
 import io
 import math
+import os
+import re
+import stat
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +36,7 @@ import pandas as pd
 
 from umbif import SEQUENCES
 from umbif.data.sequences import MASK_KINDS
-from umbif.utils import atomic_write
+from umbif.utils import atomic_write, csv_cell, csv_unescape
 
 ID_COLUMNS: tuple[str, ...] = ("exam_id", "patient_id", "site", "timepoint")
 PATH_COLUMNS: tuple[str, ...] = SEQUENCES + MASK_KINDS
@@ -38,13 +49,19 @@ LABELS: dict[str, tuple[str, str]] = {
 }
 COLUMNS: tuple[str, ...] = ID_COLUMNS + PATH_COLUMNS + tuple(LABELS)
 REQUIRED: tuple[str, ...] = ("exam_id", "patient_id")
+NORMALISED: tuple[str, ...] = ("exam_id", "patient_id", "site")  # stripped, Unicode NFC
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # a number is no formula: "-1" stays as it is
 
 
 class ManifestError(ValueError):
     """A manifest that cannot be used; the message lists every problem found."""
 
 
-class PathEscapeError(ValueError):
+class PathError(ValueError):
+    """A manifest path that cannot be used: it cannot be resolved (a symbolic link loop, a bad name)."""
+
+
+class PathEscapeError(PathError):
     """A manifest path that leads outside the manifest's root."""
 
 
@@ -88,6 +105,16 @@ def _format_number(value: object) -> str:
     return str(value)
 
 
+def normalise_id(value: str) -> str:
+    """An identifier as umbif compares it: surrounding spaces stripped, Unicode composed (NFC)."""
+    return unicodedata.normalize("NFC", value).strip()
+
+
+def _csv_cell(value: str) -> str:
+    """A manifest cell as written to CSV: numbers as they are, formula-like text escaped (:func:`csv_cell`)."""
+    return value if _NUMBER.fullmatch(value) else csv_cell(value)
+
+
 class Manifest:
     """A manifest table plus the root its paths are relative to.
 
@@ -98,6 +125,11 @@ class Manifest:
 
     def __init__(self, table: pd.DataFrame, root: str | Path):
         table = _blank_to_str(table.reset_index(drop=True))
+        self.given: frozenset[str] = frozenset(table.columns)  # the columns the table came with
+        self.missing: tuple[str, ...] = tuple(c for c in REQUIRED if c not in table.columns)  # said once by validate
+        for column in NORMALISED:
+            if column in table.columns:
+                table[column] = table[column].map(normalise_id)
         for column in COLUMNS:
             if column not in table.columns:
                 table[column] = ""
@@ -110,16 +142,34 @@ class Manifest:
 
     @classmethod
     def read(cls, path: str | Path, root: str | Path | None = None) -> Manifest:
-        """Read a ``.csv`` or ``.parquet`` manifest; ``root`` defaults to the file's folder."""
+        """Read a ``.csv`` or ``.parquet`` manifest; ``root`` defaults to the file's folder.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ManifestError: a folder, an unknown suffix, or a file that is not a readable CSV (UTF-8) or
+                Parquet table; the message names the file and the problem.
+        """
         path = Path(path)
+        if path.is_dir():
+            raise ManifestError(f"{path} is a folder, not a manifest; give the manifest file (.csv or .parquet)")
         if not path.is_file():
             raise FileNotFoundError(f"manifest {path} does not exist; build one with `umbif ingest`")
-        if path.suffix.lower() == ".parquet":
-            table = pd.read_parquet(path)
-        elif path.suffix.lower() == ".csv":
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        else:
-            raise ValueError(f"{path}: a manifest must end in .csv or .parquet")
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".parquet"):
+            raise ManifestError(f"{path}: a manifest must end in .csv or .parquet")
+        try:
+            table = pd.read_parquet(path) if suffix == ".parquet" else _read_csv(path)
+        except UnicodeDecodeError:
+            raise ManifestError(f"{path}: not UTF-8 text ({_first_bad_byte(path)}); save it as a UTF-8 CSV") from None
+        except pd.errors.EmptyDataError:
+            raise ManifestError(
+                f"{path}: the file is empty; a manifest needs a header row (exam_id, patient_id, ...)"
+            ) from None
+        except ManifestError:
+            raise
+        except Exception as err:  # pandas and pyarrow raise many types for a malformed file
+            kind = "Parquet" if suffix == ".parquet" else "CSV"
+            raise ManifestError(f"{path}: not a readable {kind} manifest ({type(err).__name__}: {err})") from None
         return cls(table, path.parent if root is None else root)
 
     def write(self, path: str | Path) -> None:
@@ -130,7 +180,9 @@ class Manifest:
             raise ValueError(f"{path}: a manifest must end in .csv or .parquet")
         if suffix == ".csv":
             buffer = io.StringIO()
-            self.table.to_csv(buffer, index=False)
+            table = self.table.map(_csv_cell).rename(columns=lambda name: _csv_cell(str(name)))
+            carriage_return = bool(table.map(lambda v: "\r" in v).to_numpy().any())  # pandas would not quote it
+            table.to_csv(buffer, index=False, quoting=csv.QUOTE_NONNUMERIC if carriage_return else csv.QUOTE_MINIMAL)
             with atomic_write(path, "w") as handle:
                 handle.write(buffer.getvalue())
         else:
@@ -142,15 +194,24 @@ class Manifest:
 
         Raises:
             PathEscapeError: the path (after following symlinks) is outside the root.
+            PathError: the path cannot be resolved (a symbolic link loop, a NUL character).
         """
         candidate = Path(value)
-        full = (candidate if candidate.is_absolute() else self.root / candidate).resolve()
+        try:
+            full = (candidate if candidate.is_absolute() else self.root / candidate).resolve()
+        except RuntimeError:  # Python < 3.13 reports a symbolic link loop so
+            raise PathError(f"path {value!r} is a symbolic link loop; point it at a file") from None
+        except (OSError, ValueError) as err:
+            reason = "a symbolic link loop" if getattr(err, "errno", None) == errno.ELOOP else str(err)
+            raise PathError(f"path {value!r} cannot be resolved ({reason})") from None
         if not full.is_relative_to(self.root):
             raise PathEscapeError(f"path {value!r} leads outside the manifest root {self.root}")
         return full
 
     def relocate(self, root: str | Path) -> Manifest:
         """The same exams with paths rewritten relative to a new root (e.g. where the file goes).
+
+        A path that cannot be resolved (a link loop) is moved as written; :func:`validate` reports it.
 
         Raises:
             PathEscapeError: a file is not under the new root.
@@ -161,7 +222,12 @@ class Manifest:
             for index, value in table[column].items():
                 if not value:
                     continue
-                full = self.resolve(value)
+                try:
+                    full = self.resolve(value)
+                except PathEscapeError:
+                    raise
+                except PathError:
+                    full = Path(os.path.normpath(self.root / value))
                 if not full.is_relative_to(new_root):
                     raise PathEscapeError(
                         f"{full} is outside {new_root}; put the manifest in the data folder or a parent of it"
@@ -190,6 +256,33 @@ class Manifest:
             yield self.exam(index)
 
 
+def _first_bad_byte(path: Path) -> str:
+    """Where a file stops being UTF-8, as ``line L, byte B`` (pandas reports the offset in its own chunk)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return f"line {line}, byte {err.start}"
+    return "an encoding pandas could not read"
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV manifest as text cells: header names stripped, escaped formula cells (``'=x``) restored.
+
+    Raises:
+        ManifestError: a column name appears twice (pandas would rename one silently).
+    """
+    raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
+    names = [csv_unescape(name).strip() for name in raw.iloc[0]]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ManifestError(f"{path}: column {twice[0]!r} appears more than once in the header; keep one")
+    table = raw.iloc[1:].map(csv_unescape)
+    table.columns = names
+    return table
+
+
 def _parse_timepoint(value: str) -> float | str | None:
     """A number, None when empty, or the offending text when it is not a number."""
     if not value:
@@ -204,28 +297,36 @@ def _parse_timepoint(value: str) -> float | str | None:
 def validate(manifest: Manifest, check_files: bool = True) -> list[Problem]:
     """Every problem of a manifest, in row order; an empty list means it is usable.
 
-    Errors: missing required column, empty exam/patient id, duplicate exam_id, exam without any
-    sequence, path outside the root, missing file (``check_files``), label value outside its set,
-    non-numeric timepoint. Warnings: empty site, 1p/19q codeleted in an IDH-wildtype tumour,
-    two exams of one patient at the same timepoint.
+    Errors: missing required column (said once), empty exam/patient id, duplicate exam_id (on each
+    row after the first; preprocessing quarantines every row of the id), exam without any sequence,
+    path outside the root or unresolvable (a link loop), missing file, a folder or FIFO given as a
+    file (``check_files``), label value outside its set, non-numeric timepoint. Warnings: no site
+    column or an empty site, one patient at two sites, patient ids that differ only in case, 1p/19q
+    codeleted in an IDH-wildtype tumour, two exams of one patient at the same timepoint.
     """
     table = manifest.table
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
+    problems: list[Problem] = [
+        Problem(None, column, f"required column {column!r} is missing; add it (one value per exam)")
+        for column in manifest.missing
+    ]
+    if "site" not in manifest.given and len(table):
+        problems.append(
+            Problem(None, "site", "no site column; leave-one-site-out will group every exam as ''", "warning")
+        )
+    first_row: dict[str, int] = {}
     timepoints: dict[tuple[str, float], int] = {}
     for index, row in enumerate(table.itertuples(index=False)):
         values = row._asdict()
         n = index + 1
         for column in REQUIRED:
-            if not values[column].strip():
+            if column not in manifest.missing and not values[column]:
                 problems.append(Problem(n, column, f"{column} is empty"))
         exam_id = values["exam_id"]
-        if exam_id:
-            if exam_id in seen:
-                problems.append(Problem(n, "exam_id", f"duplicate exam_id {exam_id!r} (first in row {seen[exam_id]})"))
-            else:
-                seen[exam_id] = n
-        if not values["site"]:
+        if exam_id in first_row:
+            problems.append(Problem(n, "exam_id", f"duplicate exam_id {exam_id!r} (first in row {first_row[exam_id]})"))
+        elif exam_id:
+            first_row[exam_id] = n
+        if not values["site"] and "site" in manifest.given:
             problems.append(Problem(n, "site", "site is empty; leave-one-site-out will group it as ''", "warning"))
         timepoint = _parse_timepoint(values["timepoint"])
         if isinstance(timepoint, str):
@@ -255,16 +356,64 @@ def validate(manifest: Manifest, check_files: bool = True) -> list[Problem]:
                     "warning",
                 )
             )
+    problems += _identity_warnings(table)
+    return sorted(problems, key=lambda p: p.row or 0)
+
+
+def _identity_warnings(table: pd.DataFrame) -> list[Problem]:
+    """A patient seen at two sites (a split by site cannot keep it on one side), and patient ids that
+    differ only in case (one patient spelt two ways lands in train and test)."""
+    problems = []
+    first_site: dict[str, tuple[str, int]] = {}
+    warned: set[str] = set()
+    spellings: dict[str, tuple[str, int]] = {}
+    for n, (patient, site) in enumerate(zip(table["patient_id"], table["site"], strict=True), start=1):
+        if not patient:
+            continue
+        seen_site, seen_row = first_site.setdefault(patient, (site, n)) if site else (site, n)  # "" is warned apart
+        if site != seen_site and patient not in warned:
+            warned.add(patient)
+            problems.append(
+                Problem(
+                    n,
+                    "site",
+                    f"patient {patient!r} is at site {site!r} here and at {seen_site!r} in row {seen_row}; "
+                    "a leave-one-site-out split puts it on both sides (check the patient ids)",
+                    "warning",
+                )
+            )
+        spelt, spelt_row = spellings.setdefault(patient.casefold(), (patient, n))
+        if spelt != patient and f"case:{patient}" not in warned:
+            warned.add(f"case:{patient}")
+            problems.append(
+                Problem(
+                    n,
+                    "patient_id",
+                    f"patient_id {patient!r} differs only in case from {spelt!r} in row {spelt_row}; "
+                    "if they are one patient, spell them the same",
+                    "warning",
+                )
+            )
     return problems
 
 
 def _check_path(manifest: Manifest, value: str, row: int, column: str, check_files: bool) -> list[Problem]:
     try:
         full = manifest.resolve(value)
-    except PathEscapeError as err:
+    except PathError as err:
         return [Problem(row, column, str(err))]
-    if check_files and not full.is_file():
-        return [Problem(row, column, f"file not found: {value} (looked for {full})")]
+    if not check_files:
+        return []
+    try:
+        mode = full.stat().st_mode
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return [Problem(row, column, f"file not found: {value} (looked for {full})")]
+        return [Problem(row, column, f"{value} cannot be opened ({os.strerror(err.errno or 0)})")]
+    if stat.S_ISDIR(mode):
+        return [Problem(row, column, f"{value} is a folder, not an image file; give the NIfTI file inside it")]
+    if not stat.S_ISREG(mode):
+        return [Problem(row, column, f"{value} is not a regular file (a FIFO, socket or device); give a NIfTI file")]
     return []
 
 

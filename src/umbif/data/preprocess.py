@@ -6,11 +6,14 @@
 Resampling into a RAS-aligned grid through each file's full affine does the reorientation too, so
 LPS, oblique and anisotropic inputs all land on the same grid. Sequences are assumed co-registered
 (as in BraTS-style data); umbif does not register them, but it refuses sequences whose fields of
-view barely overlap, the usual sign of a wrong affine.
+view barely overlap, the usual sign of a wrong affine, a brain mask or segmentation that lies
+outside the images' field of view, and a mask of probabilities instead of labels. The memory an
+exam needs is estimated from its grid and checked against the free memory before the grid is made.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from itertools import product
 
@@ -24,6 +27,8 @@ from umbif.data.io import ImageError, Volume, read_nifti
 from umbif.data.manifest import Exam
 
 PREPROCESS_VERSION = "1"  # bump when the algorithm changes, so every cache entry is rebuilt
+MAX_OUTSIDE = 0.01  # share of a mask's labelled voxels that may lie outside the grid (edge voxels)
+_COPIES = 4  # float32 copies of the resampled grid alive at once (stack, z-scored, temporaries)
 _LPS = np.diag([-1.0, -1.0, 1.0])  # ITK's world frame is LPS, nibabel's is RAS
 # voxel types SimpleITK takes as they are; interpolation is done in floating point either way
 _SITK_TYPES = {np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")}
@@ -94,6 +99,84 @@ def target_grid(volumes: list[Volume], config: PreprocessConfig) -> tuple[np.nda
     affine[:3, :3] = np.diag(spacing)
     affine[:3, 3] = low
     return affine, shape  # type: ignore[return-value]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def memory_estimate(channels: int, grid_shape: tuple[int, ...], shape: tuple[int, ...]) -> int:
+    """Bytes :func:`preprocess_exam` allocates for ``channels`` sequences on a ``grid_shape`` grid cropped
+    to ``shape``: float32 copies of the grid, its masks, and the float32 + float16 output."""
+    grid, out = int(np.prod(grid_shape)), int(np.prod(shape))
+    return _COPIES * channels * grid * 4 + 4 * grid + channels * out * 6 + 2 * out
+
+
+def check_memory(exam_id: str, channels: int, grid_shape: tuple[int, ...], shape: tuple[int, ...]) -> None:
+    """Raise :class:`ImageError` before allocating when the exam would need more than the free memory."""
+    need, free = memory_estimate(channels, grid_shape, shape), available_memory()
+    if free is not None and need > free:
+        raise ImageError(
+            f"exam {exam_id}: preprocessing needs about {need / 2**30:.1f} GiB ({channels} sequences on a "
+            f"{'x'.join(map(str, grid_shape))} grid) but {free / 2**30:.1f} GiB are free; use fewer --workers, "
+            "a coarser spacing, or check the headers (a corrupt one can claim a huge field of view)"
+        )
+
+
+def mask_labels(volume: Volume, what: str, labelled: bool = True) -> np.ndarray:
+    """The integer values of a brain mask (``labelled=False``: any integer, non-zero is brain) or of a
+    segmentation (integer labels 0..255), checked.
+
+    Raises:
+        ImageError: values that are not integers (a map of values between 0 and 1 is named a
+            probability map: threshold it first), or segmentation labels outside 0..255.
+    """
+    data = volume.data
+    labels = data if np.issubdtype(data.dtype, np.integer) else np.round(data)
+    off = np.abs(labels - data) > 1e-3 if labels is not data else np.zeros((), dtype=bool)
+    if off.any():
+        example = float(data[off].flat[0])
+        kind = (
+            "probabilities (values between 0 and 1" if data.min() >= 0 and data.max() <= 1 else "non-integer values ("
+        )
+        raise ImageError(
+            f"{volume.path}: the {what} holds {kind} such as {example:.3g}), not labels; threshold it "
+            "(e.g. at 0.5) and save integer labels"
+        )
+    if labelled and (labels.min() < 0 or labels.max() > 255):
+        raise ImageError(f"{volume.path}: a {what} must hold labels 0..255, found {labels.min()}..{labels.max()}")
+    return labels
+
+
+def check_inside(
+    volume: Volume, labels: np.ndarray, grid_affine: np.ndarray, grid_shape: tuple[int, ...], what: str
+) -> None:
+    """Raise :class:`ImageError` when more than :data:`MAX_OUTSIDE` of a mask's labelled voxels lie outside
+    the images' grid: its affine does not match the images (shifted, flipped, another subject's)."""
+    index = np.argwhere(labels > 0)  # [N, 3]
+    if not len(index):
+        return
+    index = index[:: max(1, len(index) // 100_000)]  # a sample is enough for a share
+    world = index @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    grid = (world - grid_affine[:3, 3]) / np.diag(grid_affine)[:3]  # continuous grid index
+    inside = np.all((grid >= -1.0) & (grid <= np.asarray(grid_shape)), axis=1)
+    outside = 1.0 - float(inside.mean())
+    if outside > MAX_OUTSIDE:
+        raise ImageError(
+            f"{volume.path}: {outside:.0%} of the {what}'s labelled voxels lie outside the images' field of view; "
+            "its affine does not match the images (shifted or flipped?) — check that it belongs to this exam"
+        )
 
 
 def _to_sitk(data: np.ndarray, affine: np.ndarray, path: object) -> sitk.Image:
@@ -248,15 +331,16 @@ def preprocess_exam(exam: Exam, config: PreprocessConfig | None = None) -> Prepr
         raise ImageError(f"exam {exam.exam_id}: no sequence file given")
     volumes = [read_nifti(exam.sequences[name], config) for name in names]
     grid_affine, grid_shape = target_grid(volumes, config)
+    check_memory(exam.exam_id, len(names), grid_shape, config.shape)
     image = np.stack(
         [resample(v.data, v.affine, grid_affine, grid_shape, path=v.path) for v in volumes]
     )  # [P, X, Y, Z], NaN outside each field of view
 
     if exam.brain_mask is not None:
         given = read_nifti(exam.brain_mask, config)
-        brain = (
-            resample(given.data, given.affine, grid_affine, grid_shape, nearest=True, outside=0, path=given.path) > 0
-        )
+        labels = mask_labels(given, "brain mask", labelled=False)
+        check_inside(given, labels, grid_affine, grid_shape, "brain mask")
+        brain = resample(labels, given.affine, grid_affine, grid_shape, nearest=True, outside=0, path=given.path) > 0
         mask_source = "manifest"
     else:
         brain = auto_brain_mask(image)
@@ -269,9 +353,8 @@ def preprocess_exam(exam: Exam, config: PreprocessConfig | None = None) -> Prepr
     seg = np.zeros(grid_shape, dtype=np.uint8)
     if exam.seg is not None:
         given = read_nifti(exam.seg, config)
-        labels = np.round(given.data)
-        if labels.min() < 0 or labels.max() > 255 or not np.allclose(labels, given.data, atol=1e-3):
-            raise ImageError(f"{given.path}: a segmentation must hold integer labels 0..255")
+        labels = mask_labels(given, "segmentation")
+        check_inside(given, labels, grid_affine, grid_shape, "segmentation")
         seg = resample(labels, given.affine, grid_affine, grid_shape, nearest=True, outside=0, path=given.path)
         seg = seg.astype(np.uint8)
 

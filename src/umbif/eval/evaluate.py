@@ -20,7 +20,9 @@ the baselines) is ``umbif.eval.methods``; every method is scored on identical fo
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +37,10 @@ from umbif.data.cache import Cache
 from umbif.data.samples import TASKS, Cohort, build_cohort
 from umbif.eval.splits import SCHEMES, fold_indices, load_splits, make_splits, patient_strata, save_splits
 from umbif.eval.summary import PREDICTION_COLUMNS
-from umbif.utils import atomic_write, write_text_atomic
+from umbif.utils import atomic_write, check_component, csv_safe, csv_unescape, inside, write_json
 
+TEXT_COLUMNS: tuple[str, ...] = ("method", "task", "scheme", "sample_id", "patient_id", "site")  # read as text
+_NUMERIC_NA = {c: ["", "nan", "NaN"] for c in PREDICTION_COLUMNS if c not in TEXT_COLUMNS}  # missing numbers only
 Scores = dict[str, tuple[np.ndarray, float]]  # task -> (test scores aligned with the test rows, threshold)
 
 
@@ -123,7 +127,7 @@ def run_method(
     ``RUN/predictions/<method>.csv`` with ``<method>.json`` (description, settings, wall time:
     ``prepared_s``, e.g. embedding or feature extraction, plus the folds, over all sessions).
     """
-    folder = run_dir / "predictions" / method.name
+    folder = inside(run_dir / "predictions", run_dir / "predictions" / check_component(method.name, "method name"))
     folder.mkdir(parents=True, exist_ok=True)
     plan = fold_plan(splits, samples, schemes)
     started, frames = time.perf_counter(), []
@@ -136,17 +140,30 @@ def run_method(
             test = {t: samples[t].iloc[te].reset_index(drop=True) for t, (_, te) in parts.items()}
             scored = method.fit_predict(train, test)
             frame = _prediction_rows(method.name, scheme, repeat, fold, test, scored)
-            with atomic_write(path, "w") as handle:
-                frame.to_csv(handle, index=False)
+            write_predictions(frame, path)
             _write_method_card(run_dir, method, settings, previous + time.perf_counter() - started, done=False)
-        frames.append(pd.read_csv(path, dtype={"sample_id": str, "patient_id": str, "site": str}))
+        frames.append(read_predictions(path))
         if on_fold is not None:
             on_fold(i + 1, len(plan))
     predictions = pd.concat(frames, ignore_index=True)[list(PREDICTION_COLUMNS)]
-    with atomic_write(run_dir / "predictions" / f"{method.name}.csv", "w") as handle:
-        predictions.to_csv(handle, index=False)
+    write_predictions(predictions, run_dir / "predictions" / f"{method.name}.csv")
     _write_method_card(run_dir, method, settings, previous + time.perf_counter() - started, done=True)
     return predictions
+
+
+def write_predictions(frame: pd.DataFrame, path: Path) -> None:
+    """Write a predictions table as CSV, atomically; a text cell a spreadsheet would run as a formula (an id
+    starting with ``=``, ``+``, ``-``, ``@``, tab or CR) gets a leading ``'`` (:func:`umbif.utils.csv_safe`).
+    Text cells are quoted, so a line break inside an id cannot split its row; numbers stay bare numbers."""
+    with atomic_write(path, "w") as handle:
+        csv_safe(frame).to_csv(handle, index=False, quoting=csv.QUOTE_NONNUMERIC)
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """A predictions CSV written by :func:`write_predictions`, with its text cells as they were before
+    writing: ids stay text (``"007"``, ``"NA"``, ``""``) and a formula guard is taken off again."""
+    frame = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False, na_values=_NUMERIC_NA)
+    return frame.assign(**{c: frame[c].map(csv_unescape) for c in TEXT_COLUMNS if c in frame.columns})
 
 
 def _prediction_rows(name: str, scheme: str, repeat: int, fold: int, test: dict, scored: Scores) -> pd.DataFrame:
@@ -173,7 +190,7 @@ def _read_json(path: Path) -> dict:
 def _write_method_card(run_dir: Path, method: Method, settings: dict | None, seconds: float, done: bool) -> None:
     card = {"name": method.name, "description": method.description, "settings": settings or {}, "complete": done}
     card["wall_time_s" if done else "wall_time_s_partial"] = round(seconds, 2)
-    write_text_atomic(run_dir / "predictions" / f"{method.name}.json", json.dumps(card, indent=2) + "\n")
+    write_json(run_dir / "predictions" / f"{method.name}.json", card)
 
 
 def finished_methods(run_dir: Path) -> dict[str, dict]:
@@ -190,8 +207,7 @@ def all_predictions(run_dir: Path, names: Sequence[str] | None = None) -> pd.Dat
     """The predictions of the finished methods in ``run_dir`` (all, or those in ``names``)."""
     names = list(finished_methods(run_dir)) if names is None else names
     frames = [
-        pd.read_csv(run_dir / "predictions" / f"{name}.csv", dtype={"sample_id": str, "patient_id": str, "site": str})
-        for name in names
+        read_predictions(run_dir / "predictions" / f"{check_component(name, 'method name')}.csv") for name in names
     ]
     if not frames:
         raise FileNotFoundError(f"{run_dir}: no finished method predictions; run `umbif evaluate` first")
@@ -199,11 +215,19 @@ def all_predictions(run_dir: Path, names: Sequence[str] | None = None) -> pd.Dat
 
 
 def synthetic_oracle(manifest_path: Path | None) -> dict[str, float]:
-    """The cohort's oracle AUC when the manifest comes from ``umbif synth`` (cohort_card.json beside it)."""
+    """The cohort's oracle AUC when the manifest comes from ``umbif synth`` (cohort_card.json beside it).
+
+    A task whose oracle AUC is undefined (null: a small cohort with one class of the task) is left out.
+    """
     card = manifest_path.parent / "cohort_card.json" if manifest_path is not None else None
     if card is None or not card.is_file():
         return {}
-    return {k: float(v) for k, v in json.loads(card.read_text()).get("oracle_auc", {}).items()}
+    try:
+        aucs = dict(json.loads(card.read_text()).get("oracle_auc") or {})
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{card}: not a cohort card ({err}); run `umbif synth` again") from None
+    numbers = {k: v for k, v in aucs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in numbers.items() if math.isfinite(v)}
 
 
 def cohort_summary(table: pd.DataFrame, cohort: Cohort, manifest_path: Path | None) -> dict[str, Any]:
@@ -279,7 +303,7 @@ def run_evaluation(
     cache, run_dir = cache if isinstance(cache, Cache) else Cache(cache), Path(run_dir)
     manifest_path = Path(manifest_path) if manifest_path is not None else None
     stage = on_stage or (lambda text: None)
-    names = [s.name for s in specs]
+    names = [check_component(s.name, "method name") for s in specs]  # each names files under RUN/predictions
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from umbif.data.samples import TASKS, TITLES
-from umbif.utils import atomic_write, safe_name, write_text_atomic
+from umbif.utils import atomic_write, safe_name, write_json, write_text_atomic
 
 FORMAT, VERSION = "umbif-metrics", 1
 SCHEME_TITLES: dict[str, str] = {"kfold": "Patient-level stratified k-fold", "loso": "Leave-one-site-out"}
@@ -573,7 +573,7 @@ def write_report(run_dir: str | Path, document: dict[str, Any] | None = None) ->
     for stale in folder.glob("*.png"):  # plots of methods/tasks no longer in the document
         if stale.name.startswith(_PLOT_PREFIXES) and stale.name not in plots:
             stale.unlink()
-    write_text_atomic(folder / "report.json", json.dumps(document, indent=2) + "\n")
+    write_json(folder / "report.json", document)
     write_text_atomic(folder / "report.md", markdown)
     write_text_atomic(folder / "report.html", page)
     return {"html": folder / "report.html", "markdown": folder / "report.md", "json": folder / "report.json", **paths}

@@ -36,7 +36,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from umbif.data.samples import SAMPLE_COLUMNS
-from umbif.utils import write_text_atomic
+from umbif.utils import write_json
 
 FORMAT = "umbif-splits"
 VERSION = 1
@@ -189,7 +189,7 @@ def save_splits(splits: dict[str, Any], path: str | Path) -> Path:
     """Write ``splits`` as JSON to ``path`` atomically (checked first, so a bad split is never saved)."""
     _check(splits, str(path))
     path = Path(path)
-    write_text_atomic(path, json.dumps(splits, indent=1) + "\n")
+    write_json(path, splits, indent=1)
     return path
 
 

@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from umbif.metrics import (
     percentile_interval,
     reliability_curve,
 )
-from umbif.utils import write_text_atomic
+from umbif.utils import write_json
 
 # One row per prediction a method makes; every method writes this table and the metrics are
 # computed from it alone, so methods compare on identical samples and folds.
@@ -321,7 +320,8 @@ def metrics_document(
             in ``predictions``.
         provenance: :func:`umbif.provenance.provenance` of the evaluation.
         cohort: ``{"manifest": file name, "n_exams": int, "sites": [...]}`` or None (written as {}).
-        oracle_auc: ``{task: AUC of the generating model}`` for a synthetic cohort, else None ({}).
+        oracle_auc: ``{task: AUC of the generating model}`` for a synthetic cohort, else None ({}); a task whose
+            value is None or NaN (undefined: one class) is left out.
         reference_method, n_bootstrap, level, seed, reliability_bins: see :func:`summarize`.
 
     Returns:
@@ -341,7 +341,9 @@ def metrics_document(
         "cohort": dict(cohort or {}),
         "bootstrap": {"n": int(n_bootstrap), "level": float(level), "unit": "patient", "seed": int(seed)},
         "reference": copy.deepcopy(REFERENCE),
-        "oracle_auc": {task: float(v) for task, v in (oracle_auc or {}).items()},
+        "oracle_auc": {  # an undefined oracle AUC (a task with one class in a tiny cohort) is left out
+            task: float(v) for task, v in (oracle_auc or {}).items() if v is not None and math.isfinite(v)
+        },
         "methods": {
             m: {
                 "description": str(methods[m]["description"]),
@@ -389,5 +391,5 @@ def write_metrics(document: dict[str, Any], path: str | Path) -> Path:
     if found:
         raise ValueError(f"{path}: {found} is NaN or infinite; undefined values must be None (JSON null)")
     path = Path(path)
-    write_text_atomic(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
+    write_json(path, document, indent=1)
     return path

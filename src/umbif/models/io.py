@@ -25,7 +25,7 @@ from torch import nn
 
 from umbif.models.umbif import ModelConfig, UMBIFEncoder
 from umbif.provenance import versions
-from umbif.utils import atomic_write, write_text_atomic
+from umbif.utils import atomic_write, json_text, write_json
 
 ENCODER_FILE = "encoder.safetensors"
 CONFIG_FILE = "config.json"
@@ -52,11 +52,11 @@ def save_encoder(encoder: UMBIFEncoder, config: ModelConfig, out_dir: str | Path
     """
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    metadata = {"format": "pt", "umbif_format": FORMAT, "umbif_config": json.dumps(config.to_dict())}
+    metadata = {"format": "pt", "umbif_format": FORMAT, "umbif_config": json_text(config.to_dict(), indent=None)}
     with atomic_write(out_dir / ENCODER_FILE) as handle:
         handle.write(safetensors_bytes(state, metadata=metadata))
     card = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config.to_dict(), "versions": versions()}
-    write_text_atomic(out_dir / CONFIG_FILE, json.dumps(card, indent=2) + "\n")
+    write_json(out_dir / CONFIG_FILE, card)
     return out_dir
 
 
@@ -101,6 +101,7 @@ def load_encoder(
     else:
         raise ValueError(f"{path}: expected an encoder folder or a .safetensors file")
     state, metadata = read_safetensors(weights)
+    check_weights(weights, state)
     config = config or _stored_config(weights, metadata)
     if image_size is not None:
         try:
@@ -125,6 +126,26 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     except SafetensorError as error:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
     return state, metadata
+
+
+def check_weights(path: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights that are not floating point or hold a NaN or an infinity, naming the file and the tensor.
+
+    An integer tensor would be cast silently into a float parameter, and a non-finite weight turns every
+    output into NaN, which must never become a prediction.
+    """
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise ValueError(
+                f"{path}: tensor {key!r} has dtype {str(tensor.dtype).removeprefix('torch.')}; weights must be "
+                "floating point (float32, float16 or bfloat16). The file is not what umbif wrote: export it again"
+            )
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ValueError(
+                f"{path}: tensor {key!r} holds {bad} NaN or infinite value(s); these weights are damaged (a diverged "
+                "training run?) and cannot give a prediction. Export or train them again"
+            )
 
 
 def load_state_tolerant(module: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> LoadReport:
@@ -208,16 +229,19 @@ def _refuse_pickle(path: Path) -> None:
 def _stored_config(weights: Path, metadata: dict[str, str]) -> ModelConfig:
     config_file = weights.parent / CONFIG_FILE
     if config_file.is_file():
-        data = json.loads(config_file.read_text())
-        source = str(config_file)
-        data = data.get("model", data) if isinstance(data, dict) else data
+        text, source = config_file.read_text(errors="replace"), str(config_file)
     elif "umbif_config" in metadata:
-        data, source = json.loads(metadata["umbif_config"]), f"{weights} (metadata)"
+        text, source = metadata["umbif_config"], f"{weights} (metadata)"
     else:
         raise FileNotFoundError(
             f"{weights}: no {CONFIG_FILE} beside it and no umbif_config in its metadata; "
             "pass config=ModelConfig(...) with the architecture the weights were trained with"
         )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not valid JSON ({error}); the file is damaged, export the encoder again") from None
+    data = data.get("model", data) if isinstance(data, dict) else data
     try:
         return ModelConfig.model_validate(data)
     except ValueError as error:

@@ -30,6 +30,7 @@ from torch import nn
 from umbif.config import FrozenConfig
 from umbif.models.blocks import Block, init_weights, run_blocks
 from umbif.models.pos_embed import sincos_pos_embed_3d
+from umbif.models.sizes import check_sizes, weight_bytes
 
 
 class ModelConfig(FrozenConfig):
@@ -77,14 +78,13 @@ class ModelConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        p = self.patch_size
-        if p < 1 or any(n % p for n in self.image_size):
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {p} on every axis")
+        floats = {"mlp_ratio": self.mlp_ratio, "temperature": self.temperature, "lambda_con": self.lambda_con}
+        if not all(math.isfinite(v) for v in floats.values()) or self.mlp_ratio <= 0 or self.lambda_con < 0:
+            raise ValueError(f"mlp_ratio must be positive, lambda_con non-negative, all finite; got {floats}")
+        check_sizes(self)  # bounds and a memory estimate, before anything is allocated
         for width, heads, part in ((self.dim, self.heads, ""), (self.decoder_dim, self.decoder_heads, "decoder_")):
-            if width < 6 or heads < 1 or width % heads:
+            if width < 6 or width % heads:
                 raise ValueError(f"{part}dim ({width}) must be >= 6 and divisible by {part}heads ({heads})")
-        if self.num_sequences < 1 or self.depth < 1 or self.decoder_depth < 1:
-            raise ValueError("num_sequences, depth and decoder_depth must be at least 1")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if not 0.0 <= self.sequence_mask_prob <= 1.0:
@@ -92,6 +92,10 @@ class ModelConfig(FrozenConfig):
         if self.temperature <= 0 or self.queue_size < 0:
             raise ValueError("temperature must be positive and queue_size non-negative")
         return self
+
+    def weight_bytes(self) -> int:
+        """Bytes of the pretrainer's float32 parameters and fixed buffers (:func:`umbif.models.sizes.weight_bytes`)."""
+        return weight_bytes(self)
 
     @property
     def grid(self) -> tuple[int, int, int]:

@@ -13,28 +13,34 @@ Layout of a run folder::
 
 A checkpoint folder is written under a temporary name and renamed into place, so a folder called
 ``step_*`` is always complete; ``latest`` is replaced atomically after the rename. A crash at any
-moment leaves the previous checkpoint usable.
+moment leaves the previous checkpoint usable. A checkpoint damaged afterwards (a file truncated by a
+full disk or an interrupted copy) is passed over, with a warning, for the previous intact one; a
+``latest`` that names anything but a ``step_*`` folder of the run is refused. ``state.json`` is strict
+JSON: a NaN or an infinity in a state (ReduceLROnPlateau's ``best``) is stored as ``{"__float__": "inf"}``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
 import secrets
 import shutil
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from umbif.provenance import provenance
-from umbif.utils import remove_stale_temps, write_text_atomic
+from umbif.utils import inside, json_text, remove_stale_temps, write_text_atomic
 
 CHECKPOINTS = "checkpoints"  # folder inside a run folder
 LATEST = "latest"  # pointer file inside CHECKPOINTS
@@ -42,7 +48,8 @@ FORMAT = "umbif-checkpoint"
 FORMAT_VERSION = 1
 # config keys that may change between a checkpoint and its resumption (matched on any part of a dotted key)
 DEFAULT_IGNORE = ("epochs", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers", "resume")
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+_STEP_DIR = re.compile(r"step_([0-9]+)")  # a checkpoint folder's name (fullmatch)
+_NON_FINITE = "__float__"  # state.json stores a NaN or an infinity as {"__float__": "inf"}: strict JSON has none
 
 
 class CheckpointError(ValueError):
@@ -206,12 +213,34 @@ def _json_text(value: Any, what: str) -> str:
     def refuse(obj: Any) -> Any:
         raise TypeError(f"{what} holds a {type(obj).__name__}, which a checkpoint's JSON cannot store")
 
-    return json.dumps(value, indent=1, default=refuse) + "\n"  # Infinity allowed: ReduceLROnPlateau starts there
+    return json_text(_tag_non_finite(value), indent=1, default=refuse) + "\n"
+
+
+def _tag_non_finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by ``{"__float__": "inf"}`` (ReduceLROnPlateau starts at inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_NON_FINITE: repr(value)}
+    if isinstance(value, Mapping):
+        return {key: _tag_non_finite(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tag_non_finite(v) for v in value]
+    return value
+
+
+def _untag_non_finite(value: Any) -> Any:
+    """The inverse of :func:`_tag_non_finite`."""
+    if isinstance(value, dict):
+        if value.keys() == {_NON_FINITE}:
+            return float(value[_NON_FINITE])
+        return {key: _untag_non_finite(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_untag_non_finite(v) for v in value]
+    return value
 
 
 def _step_dirs(root: Path) -> list[tuple[int, Path]]:
     """Complete checkpoint folders under ``root``, oldest step first."""
-    found = [(int(m.group(1)), p) for p in root.glob("step_*") if (m := _STEP_DIR.match(p.name))]
+    found = [(int(m.group(1)), p) for p in root.glob("step_*") if (m := _STEP_DIR.fullmatch(p.name))]
     return sorted((step, p) for step, p in found if (p / "state.json").is_file())
 
 
@@ -309,17 +338,87 @@ def save_checkpoint(
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint a run resumes from: the folder ``latest`` names, or the newest complete one when
     ``latest`` is missing or dangling; ``None`` when the run has none. Accepts a run folder or its
-    ``checkpoints`` folder."""
+    ``checkpoints`` folder.
+
+    A checkpoint with a truncated or unreadable file is passed over for the previous intact one, with a
+    warning naming the damage.
+
+    Raises:
+        CheckpointError: ``latest`` names something other than a ``step_*`` folder of this run (it could
+            point at another run's weights), a checkpoint folder leads outside the run, or every
+            checkpoint is damaged.
+    """
     root = Path(run_dir)
     if (root / CHECKPOINTS).is_dir():
         root = root / CHECKPOINTS
+    newest_first = [path for _, path in reversed(_step_dirs(root))]
+    named = _pointer_target(root)
+    if named is not None and (named / "state.json").is_file():
+        step = int(_STEP_DIR.fullmatch(named.name).group(1))  # type: ignore[union-attr]
+        newest_first = [named, *(p for s, p in reversed(_step_dirs(root)) if s < step)]
+    damaged = []
+    for path in newest_first:
+        try:
+            inside(root, path)
+        except ValueError as err:
+            raise CheckpointError(f"{path} is a link out of the run folder {root}; {err}") from None
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if damaged:
+                warnings.warn(
+                    f"{'; '.join(damaged)}: passed over, using {path.name} (the newest intact checkpoint) instead",
+                    stacklevel=2,
+                )
+            return path
+        damaged.append(problem)
+    if damaged:
+        raise CheckpointError(f"every checkpoint in {root} is damaged: {'; '.join(damaged)}; start a new run folder")
+    return None
+
+
+def _pointer_target(root: Path) -> Path | None:
+    """The folder ``latest`` names (None without a pointer); refused unless it is a ``step_*`` name."""
     pointer = root / LATEST
-    if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if (named / "state.json").is_file():
-            return named
-    found = _step_dirs(root)
-    return found[-1][1] if found else None
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(errors="replace").strip()
+    if not _STEP_DIR.fullmatch(name):
+        raise CheckpointError(
+            f"{pointer} names {name[:200]!r}, not a checkpoint folder of this run (step_NNNNNN); it was not written "
+            f"by umbif. Delete {pointer} to use the newest checkpoint in {root}"
+        )
+    return root / name
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why a checkpoint folder cannot be loaded (a damaged ``state.json``, a missing or truncated weights file),
+    or None when it is intact. Only file headers are read: cheap even for large checkpoints."""
+    folder = Path(folder)
+    try:
+        state = read_state(folder)
+    except CheckpointError as err:
+        return str(err)
+    names = ["model.safetensors", "rng.safetensors"] + (["optimizer.safetensors"] if state.get("optimizer") else [])
+    for name in names:
+        try:
+            with safe_open(folder / name, framework="pt", device="cpu"):
+                pass
+        except (OSError, SafetensorError) as err:  # missing, or shorter than its header says (truncated)
+            return f"{folder / name} is unreadable ({err})"
+    return None
+
+
+def read_state(folder: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json``, checked to be one umbif wrote (format and version)."""
+    file = Path(folder) / "state.json"
+    try:
+        state = _untag_non_finite(json.loads(file.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is unreadable ({err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
+        found = (state.get("format"), state.get("format_version")) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{file}: not a {FORMAT} version {FORMAT_VERSION} checkpoint (found {found!r})")
+    return state
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -364,12 +463,12 @@ def load_checkpoint(
         The checkpoint's ``state.json`` (``step``, ``config``, ``extra``, ``provenance``, ...) plus ``path``.
     """
     folder = resolve_checkpoint(path)
-    state = json.loads((folder / "state.json").read_text())
-    if state.get("format") != FORMAT or state.get("format_version") != FORMAT_VERSION:
+    problem = checkpoint_problem(folder)
+    if problem is not None:
         raise CheckpointError(
-            f"{folder}: not a {FORMAT} version {FORMAT_VERSION} checkpoint "
-            f"(format {state.get('format')!r}, version {state.get('format_version')!r})"
+            f"{problem}; load an earlier checkpoint folder, or the run folder to take the newest intact one"
         )
+    state = read_state(folder)
     if config is not None and state["config"] is not None:
         check_compatible(state["config"], config, ignore)
 
@@ -381,6 +480,13 @@ def load_checkpoint(
         raise CheckpointError(
             f"{folder / 'model.safetensors'} does not fit the model: missing {sorted(missing)[:10]}, "
             f"unexpected {sorted(unexpected)[:10]}"
+        )
+    weights = unwrap(model).state_dict()
+    non_finite = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise CheckpointError(
+            f"{folder / 'model.safetensors'}: tensors {non_finite[:10]} hold NaN or infinite values; the run diverged "
+            "before this checkpoint. Load an earlier checkpoint folder"
         )
     if optimizer is not None:
         if state["optimizer"] is None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from umbif.models.io import save_encoder
 from umbif.models.umbif import UMBIFPretrainer
-from umbif.train.checkpoint import load_checkpoint, resolve_checkpoint
+from umbif.train.checkpoint import load_checkpoint, read_state, resolve_checkpoint
 from umbif.train.pretrain import PretrainConfig
 
 
@@ -15,11 +14,16 @@ def export_encoder(run_dir: str | Path, out_dir: str | Path) -> tuple[Path, int]
     """Write the encoder of a run's latest checkpoint (or of one checkpoint folder) to ``out_dir``.
 
     Returns the folder (``encoder.safetensors`` + ``config.json``, for :func:`umbif.load_encoder`)
-    and the step it comes from.
+    and the step it comes from. A run folder gives its newest intact checkpoint (a damaged newest one is
+    passed over with a warning); a ``latest`` pointer leading out of the run is refused
+    (:func:`umbif.train.checkpoint.latest_checkpoint`).
     """
     folder = resolve_checkpoint(run_dir)
-    state = json.loads((folder / "state.json").read_text())
-    config = PretrainConfig.model_validate(state["config"]).model
+    state = read_state(folder)
+    try:
+        config = PretrainConfig.model_validate(state["config"]).model  # sizes checked before the model is built
+    except ValueError as err:
+        raise ValueError(f"{folder / 'state.json'}: not a pretraining config ({err})") from None
     model = UMBIFPretrainer(config)
     load_checkpoint(folder, model, restore_rng=False)
     return save_encoder(model.encoder, config, out_dir), int(state["step"])

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from umbif.utils import write_text_atomic
+from umbif.utils import json_text, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 log = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path.parent) if r.get("step", -1) <= resume_step]
-            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(
+                self.path, "".join(json_text({k: _number(v) for k, v in r.items()}, indent=None) + "\n" for r in kept)
+            )
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         if tensorboard:
             purge = None if resume_step is None else resume_step + 1  # TensorBoard drops events from this step on
@@ -88,7 +90,7 @@ class MetricsLogger:
         values = {name: _number(value) for name, value in metrics.items()}
         now = time.time()
         record = {"step": step, "time": round(now, 3), "elapsed": round(now - self.start, 3), **values}
-        os.write(self._fd, (json.dumps(record) + "\n").encode())
+        os.write(self._fd, (json_text(record, indent=None) + "\n").encode())
         if self._writer is not None:
             for name, value in values.items():
                 if isinstance(value, int | float) and not isinstance(value, bool):

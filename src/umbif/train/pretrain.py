@@ -43,7 +43,7 @@ from umbif.train.distributed import (
 )
 from umbif.train.logging import MetricsLogger
 from umbif.train.schedule import warmup_cosine
-from umbif.utils import write_text_atomic
+from umbif.utils import write_json
 
 CROP = (64, 64, 64)  # default model input: random crops of the cached 96^3 exams
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def pretrain(
         record = {"config": config.to_dict(), "data_fingerprint": fingerprint, "exams": len(dataset)}
         if centres is not None:
             record["skipped_without_tumour"] = skipped
-        write_text_atomic(run_dir / "config.json", json.dumps({**provenance(seed=config.seed), **record}, indent=2))
+        write_json(run_dir / "config.json", {**provenance(seed=config.seed), **record})
 
     ddp_model = model
     if info.world_size > 1:  # DDP

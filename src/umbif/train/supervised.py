@@ -17,7 +17,6 @@ tables only: an inner validation split of the training *patients* (grouped, stra
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
@@ -45,7 +44,7 @@ from umbif.train.device import pick_device
 from umbif.train.distributed import seed_everything
 from umbif.train.losses import masked_bce
 from umbif.train.schedule import warmup_cosine
-from umbif.utils import write_text_atomic
+from umbif.utils import json_text, write_text_atomic
 
 # light augmentation for supervised training: left-right flips and a small per-sequence scale/shift, whole grid
 LIGHT_AUGMENT = AugmentConfig(
@@ -579,7 +578,7 @@ def fit_and_predict(
 
 def write_history(path: str | Path, history: Sequence[dict[str, Any]]) -> None:
     """Write the epoch records as JSON lines; NaN (an undefined AUC) becomes null: strict JSON has no NaN."""
-    lines = "".join(json.dumps(_json_record(record)) + "\n" for record in history)
+    lines = "".join(json_text(_json_record(record), indent=None) + "\n" for record in history)
     write_text_atomic(path, lines)
 
 

@@ -66,7 +66,7 @@ def test_replica(replica, tmp_path: Path) -> None:
         ["rsna-00005", "00005", "unmethylated", "train"],
         ["rsna-00012", "00012", "methylated", "train"],
     ]
-    assert set(table["site"]) == {root.name} and set(table["timepoint"]) == {""}
+    assert set(table["site"]) == {"RSNA-MGMT"} and set(table["timepoint"]) == {""}  # never the folder name
     assert table.loc[0, ["t1", "t1c", "t2", "flair"]].tolist() == ["rsna-00005/t1.nii.gz", "", "", ""]
     exam = report.manifest.exam(1)
     for folder, sequence in {"FLAIR": "flair", "T1w": "t1", "T1wCE": "t1c", "T2w": "t2"}.items():

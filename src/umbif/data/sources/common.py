@@ -91,7 +91,8 @@ def site_name(root: str | Path) -> str:
 def find_exam_folders(root: str | Path, table: AliasTable) -> tuple[list[ExamFolder], list[str]]:
     """Every folder under ``root`` (itself included, recursively) that directly holds NIfTI files.
 
-    Hidden files and folders (``.git``, macOS ``._`` copies) are skipped. Files are placed with
+    Hidden files and folders (``.git``, macOS ``._`` copies) are skipped. A NIfTI name that is not a
+    regular file (a FIFO, a broken link or a link loop) is reported and skipped. Files are placed with
     :func:`~umbif.data.sequences.assign_files`; its problems come back prefixed with the folder.
     A folder none of whose files is a sequence (t1, t1c, t2, flair) is reported and left out.
 
@@ -114,8 +115,15 @@ def find_exam_folders(root: str | Path, table: AliasTable) -> tuple[list[ExamFol
         if not niftis:
             continue
         any_nifti = True
-        placed = assign_files(niftis, table)
-        exam = ExamFolder(Path(folder), Path(folder).relative_to(root).parts, placed.files)
+        parts = Path(folder).relative_to(root).parts
+        for path in niftis:
+            if not path.is_file():  # follows links: False for a FIFO, a broken link, a link loop
+                problems.append(
+                    f"{'/'.join(parts) or '.'}: {path.name} is not a regular file (a FIFO, a broken link or a "
+                    "link loop); skipped"
+                )
+        placed = assign_files([path for path in niftis if path.is_file()], table)
+        exam = ExamFolder(Path(folder), parts, placed.files)
         problems.extend(f"{exam.relative}: {problem}" for problem in placed.problems)
         if not any(s in exam.files for s in SEQUENCES):
             problems.append(f"{exam.relative}: no {', '.join(SEQUENCES)} among its NIfTI files; folder skipped")

@@ -27,11 +27,12 @@ import pandas as pd
 from umbif import SEQUENCES
 from umbif.data.dicom_io import DicomError, GeometryError, convert, read_headers
 from umbif.data.pseudonym import Pseudonymiser
-from umbif.data.sources.common import IngestReport, manifest_from_rows, site_name
+from umbif.data.sources.common import IngestReport, manifest_from_rows
 
 SEQUENCE_FOLDERS: dict[str, str] = {"flair": "flair", "t1w": "t1", "t1wce": "t1c", "t2w": "t2"}  # lower-cased
 KNOWN_BAD: tuple[str, ...] = ("00109", "00123", "00709")  # excluded by the organisers (competition forum)
 SPLITS: tuple[str, ...] = ("train", "test")
+SITE = "RSNA-MGMT"  # default site of every exam (never the folder's name, as for the other public data sets)
 LABELS_FILE = "train_labels.csv"
 KNOWN_FILES = frozenset({LABELS_FILE, "sample_submission.csv"})
 _CASE = re.compile(r"\d{5}")
@@ -133,7 +134,7 @@ def ingest_rsna(
             kept (an interrupted run resumes); delete ``out_dir`` to convert again.
         pseudonymiser: when given, patient and exam ids are keyed pseudonyms of the case number.
         labels: the labels CSV (default: ``train_labels.csv`` in the data set folder, when present).
-        site: site of every exam (default: the data set folder's name).
+        site: site of every exam (default :data:`SITE`).
         on_progress: called as ``(cases done, cases)``.
 
     Returns:
@@ -154,7 +155,7 @@ def ingest_rsna(
     if labels or labels_path.is_file():
         case_labels, label_problems = read_labels(labels_path)
         problems += label_problems
-    site = site or site_name(data_root)
+    site = site or SITE
 
     cases = []
     for split, folder in splits:
@@ -212,8 +213,8 @@ def _case(
                 files.append(file)
             elif not file.name.startswith("."):
                 problems.append(f"{file.relative_to(root).as_posix()}: not an Image-N.dcm file; ignored")
-        headers, read_problems = read_headers(files, root)
-        problems.extend(read_problems)
+        headers, unreadable = read_headers(files, root)
+        problems.extend(map(str, unreadable))
         if not headers:
             problems.append(f"{name}: no readable Image-N.dcm file; {sequence} left out")
             continue

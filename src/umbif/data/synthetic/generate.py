@@ -20,6 +20,7 @@ count or on the order in which workers finish.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +38,7 @@ from umbif.data.manifest import LABELS, Manifest
 from umbif.data.synthetic import anatomy, cohort, lesions, render
 from umbif.data.synthetic.sites import NAMINGS, Site, sites
 from umbif.provenance import provenance
-from umbif.utils import atomic_write, write_text_atomic
+from umbif.utils import atomic_write, csv_safe, json_text, write_json, write_text_atomic
 
 KINDS = ("normal", "wmh", "infarct", "extra_axial", "glioma")
 ROUTINE_AGE = {"normal": (20, 85), "wmh": (55, 90), "infarct": (50, 90), "extra_axial": (35, 85), "glioma": (25, 80)}
@@ -337,7 +338,7 @@ def _finished(out: Path, plan: ExamPlan) -> bool:
 
 def _render_and_record(plan: ExamPlan, out: Path, config: SynthConfig) -> dict:
     record = render_exam(plan, out, config)
-    write_text_atomic(_record_path(out, plan.exam_id), json.dumps(record) + "\n")
+    write_json(_record_path(out, plan.exam_id), record, indent=None)
     return record
 
 
@@ -353,7 +354,7 @@ def _check_config(out: Path, config: SynthConfig) -> None:
                 "choose another --out, or delete the folder to regenerate"
             )
     else:
-        write_text_atomic(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+        write_text_atomic(path, json_text(config.to_dict(), sort_keys=True) + "\n")
 
 
 def manifest_from_records(plans: list[ExamPlan], records: dict[str, dict], out: Path, site_list) -> Manifest:
@@ -428,10 +429,10 @@ def generate(
     present = pd.DataFrame([{s: s in records[p.exam_id]["files"] for s in SEQUENCES} for p in plans])
     truth = pd.concat([truth, present.add_prefix("has_"), volumes], axis=1)
     with atomic_write(out / "ground_truth.csv", "w") as handle:
-        truth.to_csv(handle, index=False)
+        csv_safe(truth).to_csv(handle, index=False)
     card = cohort_card(config, truth, site_list)
-    report.oracle_auc = card["oracle_auc"]
-    write_text_atomic(out / "cohort_card.json", json.dumps(card, indent=2) + "\n")
+    report.oracle_auc = {task: auc for task, auc in card["oracle_auc"].items() if auc is not None}
+    write_json(out / "cohort_card.json", card)
     write_text_atomic(out / "cohort_card.md", card_markdown(card))
     if preview:
         from umbif.viz import plot_synth_preview
@@ -477,14 +478,12 @@ def cohort_card(config: SynthConfig, truth: pd.DataFrame, site_list) -> dict:
             for task in cohort.TASKS
         }
     return {
-        "oracle_auc": {k: round(v, 4) for k, v in cohort.oracle_auc(observed, posteriors).items()},
-        "oracle_auc_expected": {
-            k: round(v, 4)
-            for k, v in cohort.expected_oracle_auc(prevalence, config.strength, config.label_noise).items()
-        },
+        "oracle_auc": _rounded(cohort.oracle_auc(observed, posteriors)),
+        "oracle_auc_expected": _rounded(cohort.expected_oracle_auc(prevalence, config.strength, config.label_noise)),
         "oracle_note": (
             "oracle_auc: AUC of the exact posterior P(label | latent generating variables) against the "
-            "recorded labels of this cohort's patients (the best any model can reach here); "
+            "recorded labels of this cohort's patients (the best any model can reach here); null where it is "
+            "undefined (the cohort's patients hold one class of the task only, as in a small cohort); "
             "oracle_auc_expected: the same on 40,000 simulated patients (the population value)."
         ),
         "counts": {
@@ -513,6 +512,11 @@ def cohort_card(config: SynthConfig, truth: pd.DataFrame, site_list) -> dict:
     }
 
 
+def _rounded(aucs: dict[str, float]) -> dict[str, float | None]:
+    """AUCs to 4 digits for the card; an undefined one (NaN) becomes None, JSON null (strict JSON has no NaN)."""
+    return {task: round(v, 4) if math.isfinite(v) else None for task, v in aucs.items()}
+
+
 def _site_card(site: Site) -> dict:
     card = asdict(site)
     card["geometry"] = {k: asdict(v) for k, v in site.geometry.items()}
@@ -537,7 +541,8 @@ def card_markdown(card: dict) -> str:
         "|---|---|---|---|",
     ]
     for task, value in card["oracle_auc"].items():
-        lines.append(f"| {task} | {value:.3f} | {card['oracle_auc_expected'][task]:.3f} | {counts['labelled'][task]} |")
+        here, population = (_auc_text(v) for v in (value, card["oracle_auc_expected"][task]))
+        lines.append(f"| {task} | {here} | {population} | {counts['labelled'][task]} |")
     lines += ["", "## Imaging-genotype associations", "", "| rule | feature | when | effect x strength | source |"]
     lines.append("|---|---|---|---|---|")
     for name, a in card["associations"].items():
@@ -559,3 +564,7 @@ def card_markdown(card: dict) -> str:
         cells = [" / ".join(str(v) for v in counts_.values()) for counts_ in tasks.values()]
         lines.append(f"| {site} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _auc_text(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "undefined (one class)"
