@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-import umbif.train.pretrain as pretrain_module
+import umbif.train.views as views_module
 from umbif import SEQUENCES
 from umbif.baselines.ssl_cerebral import pretrain_cerebral
 from umbif.config import PreprocessConfig
@@ -135,15 +135,15 @@ def test_the_loop_centres_every_view_on_the_batch_tumours(cohort, tmp_path: Path
     expected, _ = tumour_centres(CacheDataset(cache))
     seen = []
 
-    def recording(images, present, config, generator, centres=None, jitter=0):
+    def recording(draws, grid, size, centres=None, jitter=0):
         seen.append((centres, jitter))
-        return original(images, present, config, generator, centres, jitter)
+        return original(draws, grid, size, centres, jitter)
 
-    original = pretrain_module.two_views
-    monkeypatch.setattr(pretrain_module, "two_views", recording)
+    original = views_module.crop_starts
+    monkeypatch.setattr(views_module, "crop_starts", recording)
     result = pretrain(cache, tmp_path / "run", _config(crop="tumour", total_steps=2))
     assert result["exams"] == 4 and result["skipped_without_tumour"] == 2
-    assert len(seen) == 2 and all(jitter == 3 for _, jitter in seen)
+    assert len(seen) == 4 and all(jitter == 3 and len(c) == 2 for c, jitter in seen)  # one read per exam: 2 boxes
     used = {tuple(c.tolist()) for centres, _ in seen for c in centres}
     assert used == {tuple(c.tolist()) for c in expected.values()}  # one epoch: every tumour exam once
     record = json.loads((tmp_path / "run" / "config.json").read_text())

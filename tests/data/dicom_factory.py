@@ -188,3 +188,27 @@ def write_series(
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     values = stored.astype(np.float64) * slope + intercept
     return WrittenSeries(files, values, affine, identifiers)
+
+
+def output_texts(folder: Path) -> list[str]:
+    """Everything under ``folder`` as text to search for identifiers: each file's path, and its content, read the
+    way a person would (a ``.nii.gz`` decompressed, a Parquet table's cells and metadata decoded, any other file
+    as bytes)."""
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    texts = []
+    for path in sorted(folder.rglob("*")):
+        texts.append(path.relative_to(folder).as_posix())
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
+        elif path.suffix == ".parquet":
+            table = pq.read_table(path)
+            metadata = table.schema.metadata or {}
+            texts += [table.to_pandas().to_csv(), *(v.decode("utf-8", "replace") for v in metadata.values())]
+        texts.append(data.decode("latin-1"))
+    return texts

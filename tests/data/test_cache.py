@@ -307,6 +307,7 @@ def test_resume_after_the_process_is_killed(manifest: Manifest, tmp_path: Path) 
 
 
 def test_shards_split_the_exams_and_share_one_cache(manifest: Manifest, tmp_path: Path) -> None:
+    """Each shard caches its own exams and writes its own part, never the index; one merge indexes them all."""
     shards = [Shard.parse("0/2"), Shard.parse("1/2")]
     owned = [{name for name in NAMES if shard.owns(name)} for shard in shards]
     assert all(owned) and owned[0].isdisjoint(owned[1]) and owned[0] | owned[1] == set(NAMES)
@@ -314,10 +315,14 @@ def test_shards_split_the_exams_and_share_one_cache(manifest: Manifest, tmp_path
 
     first = run_preprocess(manifest, out, CONFIG, shard=shards[0])
     assert (first.done, first.skipped) == (len(owned[0]), 0)
-    assert set(_indexed(out)) == owned[0]
+    assert not (out / "index.json").exists()
+    assert first.part == out / "index.d" / "shard-0-of-2.json"
+    assert set(json.loads(first.part.read_text())["exams"]) == owned[0]
     second = run_preprocess(manifest, out, CONFIG, shard=shards[1])
+    report = cache.merge_index(out)
 
     assert (second.done, second.skipped) == (len(owned[1]), 0)
+    assert (report.exams, report.parts, report.missing_shards, report.ok) == (len(NAMES), 2, [], True)
     assert set(_indexed(out)) == set(NAMES)
     for entry in _indexed(out).values():
         verify_entry(out, entry)

@@ -5,7 +5,6 @@ they fit (never downloaded)."""
 
 from __future__ import annotations
 
-import gzip
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from dicom_factory import AXIAL, CORONAL, JANE, JOHN, SAGITTAL, oblique, write_series
+from dicom_factory import AXIAL, CORONAL, JANE, JOHN, SAGITTAL, oblique, output_texts, write_series
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
@@ -322,8 +321,8 @@ def test_progress_reported_per_stage(tmp_path: Path) -> None:
 
 def test_no_identifier_reaches_any_output(tmp_path: Path) -> None:
     """Ingest series full of fake identifiers with the CLI, summarise and preprocess the result, then
-    grep every output file (NIfTI decompressed, the cache included) and everything printed for names,
-    ids, birth dates, accession numbers, dates, UIDs."""
+    grep every output file (NIfTI decompressed, the header table decoded, the cache included) and everything
+    printed for names, ids, birth dates, accession numbers, dates, UIDs."""
     root = tmp_path / "archive"
     identifiers: list[str] = []
     for folder, kwargs in {
@@ -356,11 +355,8 @@ def test_no_identifier_reaches_any_output(tmp_path: Path) -> None:
         step = CliRunner().invoke(app, args)
         assert step.exit_code == 0, step.output
         texts.append(step.output)
-    assert any(cache.rglob("*.json"))
-    for path in [*out.rglob("*"), *cache.rglob("*")]:
-        if path.is_file():
-            data = path.read_bytes()
-            texts.append((gzip.decompress(data) if path.suffix == ".gz" else data).decode("latin-1"))
+    assert any(cache.rglob("*.json")) and any((out / ".scan").glob("*.parquet"))  # the header table is searched too
+    texts += output_texts(out) + output_texts(cache)
     assert len(texts) > 5
     assert len(set(identifiers)) > 50
     assert leaks(texts, identifiers) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -172,6 +173,49 @@ def test_validate_without_file_check_still_refuses_escapes(root: Path) -> None:
     manifest = Manifest(pd.DataFrame([_row("e1", t1="e1/none.nii.gz", t2="../x.nii.gz")]), root)
     assert [p.column for p in errors(validate(manifest))] == ["t1", "t2"]
     assert [p.column for p in errors(validate(manifest, check_files=False))] == ["t2"]
+
+
+def test_validate_rows_checks_the_files_of_those_rows_only(root: Path) -> None:
+    """A shard checks the paths of its own rows; the checks of cells and across rows still cover every row."""
+    rows = [_row("e1", t1="e1/none.nii.gz"), _row("e2", t2="e2/none.nii.gz", idh="x"), _row("e1", t1="../x")]
+    manifest = Manifest(pd.DataFrame(rows), root)
+
+    found = [(p.row, p.column) for p in errors(validate(manifest, rows=[1]))]
+
+    assert found == [(2, "t2"), (2, "idh"), (3, "exam_id")]  # row 1's missing file and row 3's escape are not looked at
+    assert [(p.row, p.column) for p in errors(validate(manifest, rows=[]))] == [(2, "idh"), (3, "exam_id")]
+
+
+def test_validate_stats_each_file_once_and_each_folder_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ``lstat`` per file plus one per folder not seen before (resolve + stat cost 9 per path)."""
+    manifest = Manifest(pd.DataFrame([_row("e1", seg="e1/seg.nii.gz"), _row("e2")]), root)
+    calls: list[str] = []
+    for name in ("stat", "lstat"):
+        real = getattr(os, name)
+
+        def counting(path: object, *args: object, real=real, **kwargs: object):
+            calls.append(os.fspath(path))  # type: ignore[arg-type]
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, counting)
+
+    assert validate(manifest) == []
+    assert sorted(calls) == sorted(
+        [str(root / e) for e in EXAMS]
+        + [str(root / "e1" / f"{n}.nii.gz") for n in ("t1", "t1c", "t2", "flair", "seg")]
+        + [str(root / "e2" / f"{n}.nii.gz") for n in ("t1", "t1c", "t2", "flair")]
+    )
+
+
+@pytest.mark.parametrize(("target", "value", "escapes"), [("outside", "x.nii.gz", True), ("e1", "t1.nii.gz", False)])
+def test_a_folder_link_is_followed_like_resolve(root: Path, target: str, value: str, escapes: bool) -> None:
+    """A path through a linked folder is resolved in full: out of the root it is refused, inside it is fine."""
+    (root / "linked").symlink_to(root.parent / target if escapes else root / target)
+    manifest = Manifest(pd.DataFrame([_row("e1", t1=f"linked/{value}")]), root)
+
+    found = errors(validate(manifest))
+
+    assert len(found) == escapes and all("leads outside the manifest root" in p.message for p in found)
 
 
 def test_missing_required_columns_are_errors(root: Path) -> None:

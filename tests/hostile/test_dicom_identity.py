@@ -10,7 +10,6 @@ matcher the ingest uses, so that a gap in one is not hidden by the same gap in t
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import logging
 import re
@@ -26,7 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))  # tests/data holds the DICOM factory
-from dicom_factory import JANE, Patient, write_series
+from dicom_factory import JANE, Patient, output_texts, write_series
 
 from umbif.cli import app
 from umbif.data.dicom import WITHHELD, SeriesRules, ingest_dicom
@@ -114,9 +113,11 @@ def series_csv(out: Path) -> pd.DataFrame:
         ("IM0001.dcm", False),
     ],
 )
-def test_withheld_finds_identifiers_however_typed(text: str, holds: bool) -> None:
+@pytest.mark.parametrize("hashed", [False, True], ids=["tokens", "keyed-hashes"])
+def test_withheld_finds_identifiers_however_typed(text: str, holds: bool, hashed: bool) -> None:
     """Promise: the withheld set is every person-name and organisation tag, matched as whole words down to two
-    letters, and dates in every common spelling."""
+    letters, and dates in every common spelling; kept as keyed hashes (as the header table stores it), it finds
+    the same."""
     identifiers = Identifiers(
         names=frozenset(
             {SMITH.name, LI.name, MULLER.name, STAFF["ReferringPhysicianName"], STAFF["InstitutionAddress"]}
@@ -124,7 +125,11 @@ def test_withheld_finds_identifiers_however_typed(text: str, holds: bool) -> Non
         ids=frozenset({LI.patient_id}),
         dates=frozenset({SMITH.birth_date}),
     )
-    assert Withheld(identifiers).holds(text) is holds
+    withheld = Withheld(identifiers, Pseudonymiser(KEY) if hashed else None)
+    assert withheld.holds(text) is holds
+    assert Withheld(pseudonymiser=Pseudonymiser(KEY) if hashed else None, tokens=withheld.tokens).holds(text) is holds
+    assert found(list(withheld.tokens), ["smith", "nakamura", "springfield", "0042"]) == (set() if hashed else {
+        "smith", "nakamura", "springfield", "0042"})  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- descriptions
@@ -297,12 +302,22 @@ def test_series_csv_cells_cannot_carry_formulas(tmp_path: Path, start: str) -> N
 
 
 # ------------------------------------------------------------------------------- every output, the CLI
+ONE_JOB = [[]]
+SHARDED = [  # header scan in 2 jobs of 2 workers, conversion in 3 jobs, merge
+    *(["--scan-only", "--workers", "2", "--shard", f"{i}/2"] for i in range(2)),
+    *(["--shard", f"{i}/3"] for i in range(3)),
+    ["--merge"],
+]
+
+
+@pytest.mark.parametrize("commands", [ONE_JOB, SHARDED], ids=["one-job", "sharded"])
 def test_nothing_identifying_reaches_any_output_of_the_command(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, commands: list[list[str]]
 ) -> None:
     """Promise: no identifier (names of every person and organisation tag, ids, dates in every spelling, UIDs,
     the identifying folder and file names) reaches series.csv, the manifest, the NIfTI files (names, headers,
-    data), what the command prints, or a Python log record; the pseudonyms are today's."""
+    data), the header table and records under OUT/.scan and OUT/.convert (cells and metadata), what the commands
+    print, or a Python log record; the pseudonyms are today's."""
     root = tmp_path / "Smith_John export"  # ROOT named after a patient: not the site
     uids = hostile_tree(root)
     key = tmp_path / "secret" / "umbif.key"
@@ -311,18 +326,21 @@ def test_nothing_identifying_reaches_any_output_of_the_command(
     out = tmp_path / "out"
     caplog.clear()
     caplog.set_level(logging.DEBUG)
-    result = CliRunner().invoke(app, ["ingest", "dicom", str(root), "--out", str(out), "--key-file", str(key)])
-    assert result.exit_code == 0, result.output
-    texts = [result.output.replace(str(out), "OUT"), *(r.getMessage() for r in caplog.records)]
-    binary = []
-    for path in out.rglob("*"):
-        texts.append(path.relative_to(out).as_posix())
-        if path.name.endswith(".nii.gz"):
-            binary.append(gzip.decompress(path.read_bytes()).decode("latin-1"))
-            header = nib.load(path).header
-            texts += [str(header[field]) for field in ("descrip", "aux_file", "intent_name", "db_name")]
-        elif path.is_file():
-            texts.append(path.read_text())
+    texts = []
+    for options in commands:
+        result = CliRunner().invoke(
+            app, ["ingest", "dicom", str(root), "--out", str(out), "--key-file", str(key), *options]
+        )
+        assert result.exit_code == 0, result.output
+        texts.append(result.output.replace(str(out), "OUT"))
+    texts += [r.getMessage() for r in caplog.records]
+    assert any((out / ".scan").glob("*.parquet")) and any((out / ".convert").rglob("*.json"))
+    files = output_texts(out)
+    binary = [text for text in files if "\x00" in text]  # NIfTI files and Parquet tables, as bytes
+    texts += [text for text in files if "\x00" not in text]
+    for path in out.rglob("*.nii.gz"):
+        header = nib.load(path).header
+        texts += [str(header[field]) for field in ("descrip", "aux_file", "intent_name", "db_name")]
     words = [*IDENTIFYING, *uids, "Smith_John", "Li Wei"]
     assert found(texts, words) == set()
     assert found(binary, [w for w in words if len(w) >= 4]) == set()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from umbif.train.augment import AugmentConfig, augment, random_crop, two_views
+from umbif.train.augment import AugmentConfig, augment, random_crop
 
 # nothing happens unless a test switches it on
 OFF = AugmentConfig(crop=None, flip_prob=0.0, gamma_prob=0.0, bias_prob=0.0, intensity_prob=0.0, noise_prob=0.0)
@@ -133,9 +133,11 @@ def test_noise_has_the_drawn_strength_in_the_foreground_only():
     assert (out[:, :, 0] == 0).all()
 
 
-def test_two_views_differ_but_share_shape():
+def test_two_draws_from_one_generator_differ_but_share_shape():
+    """The two views of the contrastive objectives: augment twice from one generator."""
     images, present = _batch()
-    first, second = two_views(images, present, ALL_ON, _gen())
+    generator = _gen()
+    first, second = augment(images, present, ALL_ON, generator), augment(images, present, ALL_ON, generator)
     assert first.shape == second.shape == (3, 4, 6, 5, 4)
     assert not torch.equal(first, second)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import signal
 import socket
 
 import numpy as np
@@ -11,16 +12,17 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import TensorDataset
 
 from umbif.train.distributed import (
-    DistInfo,
     all_gather_with_grad,
+    any_rank,
     cleanup,
+    from_main,
     init_distributed,
-    make_loader,
+    launch_env,
     reduce_mean,
     seed_everything,
+    seed_worker,
 )
 
 WORLD, LOCAL_BATCH = 2, 3
@@ -73,6 +75,10 @@ def _worker(rank: int, port: int) -> None:
         for p, q in zip(model.parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(reduce_mean(loss), reference_loss.detach())
+
+        # a flag raised on one rank is seen on both; rank 0's decision reaches every rank
+        assert any_rank(rank == 1, info.device) and not any_rank(False, info.device)
+        assert from_main(f"decided by {rank}") == "decided by 0"
         del ddp  # its reducer holds the group: release it, then leave together (gloo can abort a rank that exits early)
         torch.distributed.barrier()
     finally:
@@ -91,19 +97,13 @@ def test_two_process_ddp_matches_one_process_over_the_global_batch():
 
 def test_single_process_without_torchrun(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
     info = init_distributed()
     assert (info.rank, info.world_size, info.is_main, info.distributed) == (0, 1, True, False)
     x = torch.randn(3, 2)
     assert all_gather_with_grad(x) is x
     assert torch.equal(reduce_mean(x), x)
     cleanup()
-
-
-def test_incomplete_torchrun_environment_is_refused(monkeypatch):
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with pytest.raises(RuntimeError, match="torchrun environment"):
-        init_distributed()
 
 
 def test_seed_everything_differs_per_rank_and_repeats():
@@ -118,21 +118,62 @@ def test_seed_everything_differs_per_rank_and_repeats():
     assert draws() != first
 
 
-def _epoch(loader) -> list[int]:
-    return [int(i) for (batch,) in loader for i in batch]
+TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
+SRUN = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
+        "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.7", "SLURM_JOB_ID": "4321987"}  # fmt: skip
 
 
-def test_loader_shards_are_disjoint_reshuffled_per_epoch_and_resumable():
-    dataset = TensorDataset(torch.arange(11))
-    loaders = [make_loader(dataset, 2, DistInfo(rank, 2, rank, torch.device("cpu")), seed=3) for rank in range(WORLD)]
-    for loader in loaders:
-        loader.sampler.set_epoch(0)
-    shards = [_epoch(loader) for loader in loaders]
-    assert [len(s) for s in shards] == [4, 4]  # 11 → 5 per rank (drop_last), 2 full batches of 2
-    assert not set(shards[0]) & set(shards[1])
-    loaders[0].sampler.set_epoch(1)
-    epoch1 = _epoch(loaders[0])
-    assert epoch1 != shards[0]
-    loaders[0].sampler.set_epoch(1, start=2)  # resume after the first batch of 2
-    assert _epoch(loaders[0]) == epoch1[2:]
-    assert len(loaders[0]) == 1
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),  # no launcher: one process
+        (TORCHRUN, (3, 8, 1, None)),  # torchrun: env:// reads MASTER_ADDR and MASTER_PORT itself
+        ({**TORCHRUN, **SRUN}, (3, 8, 1, None)),  # torchrun under Slurm: torchrun's variables win
+        (SRUN, (5, 8, 1, "tcp://10.0.0.7:16987")),  # the step's tasks; port 15000 + the job id's last four digits
+        ({**SRUN, "MASTER_ADDR": "node0", "MASTER_PORT": "1234"}, (5, 8, 1, "tcp://node0:1234")),
+        ({k: v for k, v in SRUN.items() if k != "SLURM_STEP_NUM_TASKS"}, (5, 16, 1, "tcp://10.0.0.7:16987")),
+        ({**SRUN, "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}, None),  # a step of one task
+    ],
+    ids=["none", "torchrun", "torchrun-in-slurm", "srun", "srun-master-set", "srun-ntasks", "srun-one-task"],
+)
+def test_launch_environment_of_torchrun_and_slurm(environ: dict, expected: tuple | None) -> None:
+    found = launch_env(environ)
+    if expected is None:
+        assert found is None
+    else:
+        assert (found["rank"], found["world_size"], found["local_rank"], found["init_method"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"RANK": "0"}, "torchrun environment"),
+        ({"RANK": "zero", "WORLD_SIZE": "2"}, "torchrun environment"),
+        ({k: v for k, v in SRUN.items() if k != "SLURM_LAUNCH_NODE_IPADDR"}, "SLURM_LAUNCH_NODE_IPADDR"),
+        ({**SRUN, "SLURM_PROCID": "x"}, "Slurm environment is incomplete or invalid"),
+    ],
+)
+def test_incomplete_launch_environment_is_refused(environ: dict, message: str) -> None:
+    with pytest.raises(RuntimeError, match=message):
+        launch_env(environ)
+
+
+def test_loader_worker_seeds_differ_per_rank_and_worker_and_repeat() -> None:
+    def draws(worker: int, rank: int) -> tuple[float, float, float]:
+        seed_worker(worker, seed=7, rank=rank)
+        return random.random(), float(np.random.rand()), torch.rand(1).item()
+
+    previous = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGUSR1", "SIGTERM")}
+    try:
+        seen = {(worker, rank): draws(worker, rank) for worker in range(3) for rank in range(3)}
+        assert len(set(seen.values())) == 9
+        assert draws(2, 1) == seen[2, 1]
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN  # the training process decides when to stop
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def test_one_process_agrees_with_itself() -> None:
+    assert any_rank(True, torch.device("cpu")) and not any_rank(False, torch.device("cpu"))
+    assert from_main(3) == 3

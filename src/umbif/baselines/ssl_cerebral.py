@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 
 from umbif.data.cache import Cache
-from umbif.train.checkpoint import latest_checkpoint
 from umbif.train.export import export_encoder
 from umbif.train.pretrain import PretrainConfig, pretrain
 
@@ -67,6 +66,6 @@ def pretrain_cerebral(
         raise ValueError(f"none of the manifest's {len(manifest_table)} exams is in the cache {cache.path}")
     config = cerebral_config(config)
     run_dir = out_dir / RUN_DIR
-    result = pretrain(cache, run_dir, config, exam_ids, resume=latest_checkpoint(run_dir) is not None, on_step=on_step)
+    result = pretrain(cache, run_dir, config, exam_ids, resume="auto", on_step=on_step)
     log.info("SSL-Cerebral: %d exams with a tumour, %d skipped", result["exams"], result["skipped_without_tumour"])
     return export_encoder(run_dir, out_dir / ENCODER_DIR)[0]

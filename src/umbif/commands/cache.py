@@ -1,4 +1,5 @@
-"""`umbif preprocess` (manifest -> exam cache) and `umbif cache info|show` (look into a cache)."""
+"""`umbif preprocess` (manifest -> exam cache), `umbif cache index` (merge the shards) and `umbif cache info|show`
+(look into a cache)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from umbif.commands.common import (
     console,
     done,
     fail,
+    note,
     open_cache,
     os_message,
     out,
@@ -28,7 +30,10 @@ ConfigOption = Annotated[
 ]
 SpacingOption = Annotated[float | None, typer.Option(help="Isotropic output voxel size in mm (default 2).")]
 ShapeOption = Annotated[str | None, typer.Option(help="Output grid as XxYxZ voxels (default 96x96x96).")]
-ShardOption = Annotated[str, typer.Option(help="Only this part of the exams, as i/n (cluster array jobs).")]
+ShardOption = Annotated[
+    str,
+    typer.Option(help="Only this part of the exams, as i/n (cluster array jobs); run `umbif cache index` after all."),
+]
 
 
 def preprocess(
@@ -47,6 +52,9 @@ def preprocess(
     (from the manifest or automatic), z-score inside the mask, crop/pad around the brain, float16.
     Exams already cached with the same settings and files are skipped; a failing exam is listed in
     CACHE/quarantine.csv and the others go on. Exit code 1 when any exam failed.
+
+    With --shard i/n (n > 1) the run checks and preprocesses its own exams only and writes what it did
+    to CACHE/index.d/, never the shared index: run `umbif cache index CACHE` once every shard has finished.
     """
     from umbif.config import PreprocessConfig
     from umbif.data.cache import Shard, WorkerDied, run_preprocess
@@ -73,6 +81,8 @@ def preprocess(
         name = escape(failure.exam_id or "(no exam_id)")
         console.print(f"[red]quarantined[/] {name}: {escape(failure.reason)}", highlight=False)
     summary = f"{report.done} preprocessed, {report.skipped} already cached, {len(report.failures)} failed"
+    if report.part is not None:
+        note(f"shard {shard} wrote {report.part}; once every shard has finished, run `umbif cache index {out_dir}`")
     if report.failures:
         fail(f"{summary}; see {out_dir / 'quarantine.csv'}, fix those files and rerun (finished exams are kept)")
     done(f"{summary} -> {out_dir}")
@@ -88,19 +98,63 @@ def _grid(shape: str | None) -> tuple[int, ...] | None:
         raise ValueError(f"--shape {shape!r} must be three whole numbers like 96x96x96") from None
 
 
+@app.command("index")
+def cache_index(
+    cache: CacheArgument,
+    workers: Annotated[int, typer.Option(help="Threads reading exam entries (a network file system likes 8-16).")] = 4,
+) -> None:
+    """Merge every shard's exams into the cache's index: run once after all `umbif preprocess --shard` jobs.
+
+    Reads every exam entry on disk (the source of truth) and writes the index and quarantine.csv
+    atomically, one merge at a time; running it again gives the same files. Exit 1 when a shard wrote no
+    part (still running, failed or killed) or an entry cannot be read: the index then holds what is cached.
+    """
+    from umbif.data.cache import merge_index
+
+    try:
+        with progress_bar("index") as bar:
+            report = merge_index(cache, workers=workers, on_progress=bar.update)
+    except (FileNotFoundError, ValueError) as err:  # no cache, or a damaged plan
+        fail(str(err))
+    except OSError as err:
+        fail(os_message(err))
+    parts = f", {report.parts} shard parts" if report.parts or report.missing_shards else ""
+    summary = f"{report.exams} exams indexed, {report.quarantined} quarantined{parts}"
+    if report.other_plan:
+        note(f"{report.other_plan} exam entries made with other settings are left out (rerun `umbif preprocess`)")
+    if report.unlisted:
+        note(f"{report.unlisted} indexed exams are in no shard part (cached by an earlier run)")
+    for name in report.unreadable:
+        console.print(f"[red]unreadable[/] {escape(name)}", highlight=False)
+    if report.unreadable:
+        fail(
+            f"{summary}; {len(report.unreadable)} exam entries cannot be read: rerun `umbif preprocess` to rebuild them"
+        )
+    if report.missing_shards:
+        shards = ", ".join(report.missing_shards[:10]) + (", ..." if len(report.missing_shards) > 10 else "")
+        fail(
+            f"{summary}; no part from shards {shards} (still running, failed or killed): rerun them with the "
+            f"same --shard, then `umbif cache index {cache}` again"
+        )
+    done(f"{summary} -> {cache}")
+
+
 @app.command("info")
 def cache_info(
     cache: CacheArgument,
     verify: Annotated[bool, typer.Option(help="Also check every cached file against its checksum.")] = False,
+    workers: Annotated[int, typer.Option(help="Threads checking files with --verify.")] = 1,
 ) -> None:
     """Print what a cache holds: settings, exams cached and quarantined, sequences, size.
 
-    With `--verify`, every file is checked against the checksum in the index; exit 1 on a mismatch.
+    With `--verify`, every file is checked against the size and checksum in the index (on --workers
+    threads); exit 1 on a mismatch, or when the index disagrees with the exams on disk.
     """
     from umbif.data.cache import describe
 
     try:
-        info = describe(cache, verify=verify)
+        with progress_bar("verify", disable=not verify) as bar:
+            info = describe(cache, verify=verify, workers=workers, on_progress=bar.update)
     except (FileNotFoundError, ValueError) as err:  # no cache, or a damaged index or plan
         fail(str(err))
     settings = ", ".join(f"{k}={v}" for k, v in info["preprocess"].items())
@@ -114,10 +168,14 @@ def cache_info(
     )
     if info["quarantined"]:
         out.print(f"  quarantined exams and why: {escape(str(cache / 'quarantine.csv'))}", highlight=False)
+    if info["stale"]:
+        console.print(f"[red]stale index[/]: {escape(info['stale'])}", highlight=False)
     for message in info["corrupt"]:
         console.print(f"[red]corrupt[/] {escape(message)}", highlight=False)
     if info["corrupt"]:
         fail(f"{len(info['corrupt'])} exams fail their checksum; rerun `umbif preprocess` to rebuild them")
+    if verify and info["stale"]:
+        fail("the index disagrees with the exams on disk (see above)")
     if verify:
         out.print("[green]ok[/]: every file matches its checksum")
 

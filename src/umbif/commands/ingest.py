@@ -12,6 +12,8 @@ from rich.markup import escape
 from umbif.commands.common import AliasOption, alias_table, console, fail, os_message, out, progress_bar
 
 if TYPE_CHECKING:
+    from umbif.data.cache import Shard
+    from umbif.data.dicom import DicomReport
     from umbif.data.sources.common import IngestReport
 
 app = typer.Typer(help="Build a manifest from image files on disk (one adapter per layout).", no_args_is_help=True)
@@ -44,6 +46,9 @@ DicomSiteOption = Annotated[
     ),
 ]
 RulesOption = Annotated[Path | None, typer.Option(help="YAML with series classification rules (see docs/dicom.md).")]
+DicomShardOption = Annotated[
+    str, typer.Option(help="Part i of n, as i/n (cluster array jobs): of the files to scan or the patients to convert.")
+]
 RsnaKeyOption = Annotated[
     Path | None, typer.Option(help="Pseudonymise the public case ids with the key in this file (optional).")
 ]
@@ -133,6 +138,10 @@ def ingest_dicom(
     key_file: KeyFileOption = None,
     site: DicomSiteOption = None,
     rules: RulesOption = None,
+    workers: Annotated[int, typer.Option(help="Processes reading headers and converting series.")] = 1,
+    shard: DicomShardOption = "0/1",
+    scan_only: Annotated[bool, typer.Option("--scan-only", help="Only read the headers into OUT/.scan.")] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="Only join the --shard jobs' parts (ROOT not read).")] = False,
 ) -> None:
     """Convert a DICOM archive into pseudonymised NIfTI exams and a manifest.
 
@@ -143,19 +152,61 @@ def ingest_dicom(
     reported with the reason, never guessed. Patient ids become keyed pseudonyms and dates become
     days since the patient's first exam; files are named relative to their exam, names that hold an
     identifier as keyed hashes. `OUT/series.csv` lists every series and what became of it.
+    A large archive goes in resumable cluster jobs (docs/dicom.md): `--scan-only --shard i/n` reads the
+    headers of part i of the files into OUT/.scan (keyed hashes, no name, id, date, UID or path), then
+    `--shard i/n` converts part i of the patients, then `--merge` writes manifest.csv and series.csv.
+    Without them all runs in one job; a rerun reads and converts only what changed.
     """
+    from umbif.data.cache import Shard
+    from umbif.data.dicom import merge_dicom
+    from umbif.data.dicom_io import WorkerDied
+
+    if scan_only and merge:
+        fail("--scan-only and --merge are different stages: give one")
+    try:
+        part = Shard.parse(shard)
+        if scan_only:
+            _scan_dicom(root, out_dir, key_file, workers, part)
+            return
+        report = merge_dicom(out_dir) if merge else _convert_dicom(root, out_dir, key_file, site, rules, workers, part)
+    except (FileNotFoundError, ValueError, WorkerDied) as err:
+        fail(str(err))
+    except OSError as err:  # a full disk or an unwritable folder: what was done is kept
+        fail(os_message(err))
+    if merge or part.count == 1:
+        _write_ingested(report, out_dir, out_dir / "manifest.csv")
+        return
+    for problem in report.problems:
+        console.print(f"[yellow]warning:[/] {escape(problem)}", highlight=False)
+    done = f"wrote part {shard} in {out_dir}: {len(report.manifest)} exams, {len(report.problems)} series reported"
+    out.print(escape(f"{done}; when every part is written: umbif ingest dicom ROOT --out OUT --merge"), highlight=False)
+
+
+def _scan_dicom(root: Path, out_dir: Path, key_file: Path | None, workers: int, shard: Shard) -> None:
+    """`umbif ingest dicom --scan-only`: read the headers of a part of the files into OUT/.scan, and say so."""
+    from umbif.data.dicom_scan import scan_dicom
+    from umbif.data.pseudonym import Pseudonymiser
+
+    pseudonymiser = Pseudonymiser.from_user(key_file)
+    with progress_bar("scan dicom") as bar:
+        report = scan_dicom(root, out_dir, pseudonymiser, workers, shard, bar.update)
+    read = f"{report.scanned} files read ({report.unreadable} no DICOM image)"
+    out.print(escape(f"scanned part {shard.index}/{shard.count} of ROOT: {read}, {report.skipped} already in "
+                     f"{out_dir / '.scan'}"), highlight=False)  # fmt: skip
+
+
+def _convert_dicom(
+    root: Path, out_dir: Path, key_file: Path | None, site: str | None, rules: Path | None, workers: int, shard: Shard
+) -> DicomReport:
+    """`umbif ingest dicom [--shard i/n]`: the exams of a part of the patients (of all: the whole ingest)."""
     from umbif.data.dicom import SeriesRules
     from umbif.data.dicom import ingest_dicom as run
     from umbif.data.pseudonym import Pseudonymiser
 
-    try:
-        pseudonymiser = Pseudonymiser.from_user(key_file)
-        rules_obj = SeriesRules.from_yaml(rules) if rules else None
-        with progress_bar("ingest dicom", staged=True) as bar:
-            report = run(root, out_dir, pseudonymiser, site, rules_obj, bar.update_stage)
-    except (FileNotFoundError, ValueError) as err:
-        fail(str(err))
-    _write_ingested(report, out_dir, out_dir / "manifest.csv")
+    pseudonymiser = Pseudonymiser.from_user(key_file)
+    rules_obj = SeriesRules.from_yaml(rules) if rules else None
+    with progress_bar("ingest dicom", staged=True) as bar:
+        return run(root, out_dir, pseudonymiser, site, rules_obj, bar.update_stage, workers, shard)
 
 
 @app.command("rsna")

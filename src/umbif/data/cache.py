@@ -7,9 +7,14 @@ cached only when all of it is on disk: a killed run loses at most the exams in f
 skips everything whose entry fingerprint still matches (same config, same input files) and whose
 arrays still have the size and checksum of the entry, and rebuilds the rest. A failure while
 writing one exam quarantines that exam; a full disk stops the run with one message naming the
-folder, and every exam finished before it stays cached. Shards (``--shard i/n``) touch disjoint
-exams, so cluster array jobs can share one cache folder; each rebuilds the index from all entries
-when it ends.
+folder, and every exam finished before it stays cached.
+
+Shards (``--shard i/n``, cluster array jobs) share one cache folder: each validates, fingerprints and
+preprocesses only the exams it owns, and when it ends writes its own part (``index.d/``: what it cached
+and quarantined), never the shared index. :func:`merge_index` (``umbif cache index``) is the one merge
+point: run once after every shard, it writes the index from the entry files on disk (the source of
+truth), one merge at a time, and names the shards that wrote no part. A run without shards merges
+itself when it ends. Readers (:class:`Cache`) warn when the index and the entries on disk disagree.
 
 ``.npy`` is used because it memory-maps with no decompression and no extra dependency.
 """
@@ -17,7 +22,6 @@ when it ends.
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import hashlib
 import io
@@ -26,7 +30,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -37,11 +41,19 @@ from umbif import SEQUENCES
 from umbif.config import PreprocessConfig
 from umbif.data.cache_layout import (
     EXAMS_DIR,
-    KINDS,
-    REBUILD,
+    MAX_SHARDS,
+    PARTS_DIR,
+    Cache,
     CacheError,
-    array_path,
+    CacheIndexWarning,
+    IndexReport,
+    cache_bytes,
+    describe,
     entry_paths,
+    merge_index,
+    part_path,
+    part_shard,
+    part_stamps,
     read_index,
     read_plan,
     verify_entry,
@@ -49,7 +61,7 @@ from umbif.data.cache_layout import (
 from umbif.data.manifest import Exam, Manifest, ManifestError, PathError, Problem, validate
 from umbif.data.preprocess import PREPROCESS_VERSION, preprocess_exam
 from umbif.provenance import provenance
-from umbif.utils import atomic_write, csv_cell, json_text, remove_stale_temps, write_json, write_text_atomic
+from umbif.utils import atomic_write, json_text, remove_stale_temps, write_json, write_text_atomic
 
 
 class WorkerDied(RuntimeError):
@@ -70,8 +82,8 @@ class Shard:
             index, count = (int(part) for part in text.split("/"))
         except ValueError:
             raise ValueError(f"shard {text!r} must look like i/n, e.g. 0/4") from None
-        if not 0 <= index < count:
-            raise ValueError(f"shard {text!r}: need 0 <= i < n")
+        if not 0 <= index < count <= MAX_SHARDS:
+            raise ValueError(f"shard {text!r}: need 0 <= i < n <= {MAX_SHARDS}")
         return cls(index, count)
 
     def owns(self, exam_id: str) -> bool:
@@ -88,12 +100,15 @@ class Failure:
 
 @dataclass
 class RunReport:
-    """What a preprocessing run did; ``ok`` is True only when no exam failed."""
+    """What a preprocessing run did; ``ok`` is True only when no exam failed. ``part`` is the shard's part
+    file (None for a run without shards, which merges the index itself)."""
 
     done: int = 0
     skipped: int = 0
     failures: list[Failure] = field(default_factory=list)
     cache_dir: Path = Path()
+    cached: list[str] = field(default_factory=list)  # exams of this run now cached (done or skipped)
+    part: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -251,6 +266,7 @@ def run_preprocess(
     on several rows: all its rows) and exams whose files cannot be read or written are quarantined;
     a row without exam_id is reported; the others are cached. Exams already cached with the same
     fingerprint, whose arrays still match their size and checksum, are skipped; a damaged one is rebuilt.
+    A shard checks the files of its own rows only (the checks across rows read no file).
 
     Args:
         manifest: the exams.
@@ -261,22 +277,27 @@ def run_preprocess(
         on_progress: called as ``on_progress(finished, total)`` after each exam.
 
     Returns:
-        A :class:`RunReport`; the index and quarantine files are rewritten before returning.
+        A :class:`RunReport`. A run without shards (``0/1``) has merged the index and quarantine files
+        (:func:`merge_index`) before returning; a shard has written its part (``report.part``) and left the
+        index alone: run :func:`merge_index` once every shard has finished.
 
     Raises:
         ManifestError: a required column is missing (nothing is written).
         OSError: the disk is full or read-only (one message naming the folder); the exams finished
-            before are cached and indexed where the disk allows.
+            before are cached (and, without shards, indexed) where the disk allows.
         WorkerDied: a worker process was killed (out of memory?); finished exams are kept.
     """
     config = config or PreprocessConfig()
     cache_dir = Path(cache_dir)
-    problems = validate(manifest)
+    ids = manifest.table["exam_id"].tolist()
+    rows = [i for i, exam_id in enumerate(ids) if not exam_id or shard.owns(exam_id)]  # every row of an owned id
+    problems = validate(manifest, rows=rows)
     missing = [p for p in problems if p.severity == "error" and p.row is None]
     if missing:
         raise ManifestError("; ".join(p.message for p in missing))
     (cache_dir / EXAMS_DIR).mkdir(parents=True, exist_ok=True)
     write_plan(cache_dir, config)
+    _clear_parts(cache_dir, shard)
     plan = plan_fingerprint(config)
     report = RunReport(cache_dir=cache_dir)
 
@@ -288,12 +309,12 @@ def run_preprocess(
     todo: list[tuple[Exam, str]] = []
     seen: set[str] = set()
     try:
-        for index in range(len(manifest)):
-            exam_id = manifest.table.at[index, "exam_id"]
+        for index in rows:
+            exam_id = ids[index]
             if not exam_id:
                 report.failures.append(Failure("", "", f"manifest row {index + 1}: exam_id is empty; row skipped"))
                 continue
-            if exam_id in seen or not shard.owns(exam_id):
+            if exam_id in seen:
                 continue  # the first row of a duplicated id quarantines the id
             seen.add(exam_id)
             found = [p for i in rows_of[exam_id] for p in row_errors.get(i, [])]  # a duplicated id: all its rows
@@ -309,14 +330,19 @@ def run_preprocess(
             fingerprint = exam_fingerprint(exam, plan)
             if _is_current(entry_paths(cache_dir, exam_id), fingerprint):
                 report.skipped += 1
+                report.cached.append(exam_id)
                 continue
             todo.append((exam, fingerprint))
         _run(todo, cache_dir, config, workers, report, on_progress)
     except BaseException:
-        with contextlib.suppress(OSError):  # e.g. the disk is full: the entries written so far are complete
-            build_index(cache_dir)
+        if shard.count == 1:  # a shard writes no part: `cache index` names it as not finished
+            with contextlib.suppress(OSError):  # e.g. the disk is full: the entries written so far are complete
+                merge_index(cache_dir)
         raise
-    build_index(cache_dir)
+    if shard.count == 1:
+        merge_index(cache_dir)
+    else:
+        report.part = _write_part(cache_dir, shard, plan, report)
     return report
 
 
@@ -355,6 +381,7 @@ def _collect(
     for finished, result in enumerate(results, start=1):
         if result["ok"]:
             report.done += 1
+            report.cached.append(result["exam_id"])
         else:
             report.failures.append(Failure(result["exam_id"], result["file"], result["reason"]))
         if on_progress:
@@ -367,182 +394,44 @@ def _quarantine_row(cache_dir: Path, exam_id: str, reason: str, report: RunRepor
     report.failures.append(Failure(**record))
 
 
-def build_index(cache_dir: str | Path) -> dict[str, Any]:
-    """Rebuild ``index.json`` and ``quarantine.csv`` from the per-exam files.
-
-    Only entries made with the current plan (``plan.json``) enter the index.
-    """
-    cache_dir = Path(cache_dir)
-    plan = read_plan(cache_dir)["plan_fingerprint"]
-    entries, failures = [], []
-    for path in sorted((cache_dir / EXAMS_DIR).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # a file being replaced right now by another shard; its writer re-indexes
-        if not isinstance(record, dict):
-            continue  # not written by umbif
-        if path.name.endswith(".failed.json"):
-            failures.append(record)
-        elif record.get("plan_fingerprint") == plan:
-            entries.append(record)
-    index = {"plan_fingerprint": plan, "sequences": list(SEQUENCES), "exams": entries}
-    write_json(cache_dir / "index.json", index, indent=None)
-    buffer = io.StringIO()
-    fields = ["exam_id", "file", "reason"]
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for record in sorted(failures, key=lambda r: str(r.get("exam_id", ""))):
-        writer.writerow({k: csv_cell(str(record.get(k, ""))) for k in fields})  # no cell runs as a formula
-    write_text_atomic(cache_dir / "quarantine.csv", buffer.getvalue())
-    return index
+def _clear_parts(cache_dir: Path, shard: Shard) -> None:
+    """Remove this shard's part (written again when it ends: a shard that dies leaves none, and the merge
+    names it) and the parts of other layouts (a run with another ``n``, or without shards, supersedes them)."""
+    for name in part_stamps(cache_dir):
+        index, count = part_shard(name)
+        if count != shard.count or index == shard.index:
+            with contextlib.suppress(FileNotFoundError):
+                (cache_dir / PARTS_DIR / name).unlink()
 
 
-class Cache:
-    """A cache written by ``umbif preprocess``, for reading: its plan, grid, exams and arrays.
-
-    Everything outside ``umbif.data`` reads a cache through this object, or through
-    :class:`umbif.data.datasets.CacheDataset` (which takes one); nothing else knows the file layout.
-    The index is read once, when the object is made: a snapshot of what was cached then.
-
-    Args:
-        path: the cache folder.
-
-    Raises:
-        FileNotFoundError: no ``index.json`` or ``plan.json`` (the message says to run ``umbif preprocess``).
-        CacheError: one of them is damaged.
-
-    Example:
-        >>> cache = Cache("cache/")
-        >>> cache.grid, len(cache.exam_ids), cache.fingerprint
-        ((96, 96, 96), 120, '3f2a9c0d1b7e4a55')
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.plan: dict[str, Any] = read_plan(self.path)
-        index = read_index(self.path)
-        self.entries: dict[str, dict[str, Any]] = {e["exam_id"]: e for e in index["exams"]}
-
-    def __repr__(self) -> str:
-        return f"Cache({str(self.path)!r}, {len(self.entries)} exams, plan {self.fingerprint})"
-
-    @property
-    def fingerprint(self) -> str:
-        """The preprocessing plan's fingerprint: changes whenever a setting that changes the output does."""
-        return str(self.plan["plan_fingerprint"])
-
-    @property
-    def preprocess(self) -> dict[str, Any]:
-        """The :class:`umbif.config.PreprocessConfig` the exams were made with, as a dictionary."""
-        return dict(self.plan["preprocess"])
-
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        """The voxel grid of every cached exam (the plan's ``shape``)."""
-        x, y, z = self.plan["preprocess"]["shape"]
-        return int(x), int(y), int(z)
-
-    @property
-    def exam_ids(self) -> list[str]:
-        """Every cached exam, in index order."""
-        return list(self.entries)
-
-    def __contains__(self, exam_id: object) -> bool:
-        return exam_id in self.entries
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def select(self, exam_ids: Iterable[str]) -> list[str]:
-        """The exams of ``exam_ids`` that are cached, in the order given."""
-        return [e for e in exam_ids if e in self.entries]
-
-    def entry(self, exam_id: str) -> dict[str, Any]:
-        """The index entry of one exam (sequences, affine, ``has_seg``, checksums); ``KeyError`` if not cached."""
-        try:
-            return self.entries[exam_id]
-        except KeyError:
-            raise KeyError(f"exam {exam_id!r} is not in the cache {self.path}") from None
-
-    def load(self, exam_id: str, kind: str) -> np.ndarray:
-        """The memory-mapped ``"image"`` (float16 ``[P, X, Y, Z]``, present sequences) or ``"masks"``
-        (uint8 ``[2, X, Y, Z]``: brain mask, tumour labels) array of a cached exam.
-
-        Raises:
-            KeyError: the exam is not cached.
-            CacheError: the file is missing, empty, truncated or not the array its entry describes; the
-                message names the exam and the file and says to rerun ``umbif preprocess``.
-        """
-        entry = self.entry(exam_id)
-        path = array_path(self.path, entry, kind)
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            raise CacheError(f"exam {exam_id!r}: {path} cannot be read ({err or 'empty file'}); {REBUILD}") from None
-        dtype, channels = KINDS[kind]
-        expected = (channels or len(entry.get("sequences", ())), *entry.get("shape", ()))
-        if array.dtype != np.dtype(dtype) or tuple(array.shape) != expected:
-            raise CacheError(
-                f"exam {exam_id!r}: {path} holds {array.dtype} {list(array.shape)}, its entry says {dtype} "
-                f"{list(expected)}; {REBUILD}"
-            )
-        return array
-
-    def verify(self, exam_id: str) -> None:
-        """Check an exam's files against their checksums (:func:`verify_entry`)."""
-        verify_entry(self.path, self.entry(exam_id))
-
-
-def cache_bytes(cache_dir: str | Path) -> int:
-    """Total size of the cached exam arrays."""
-    return sum(f.stat().st_size for f in (Path(cache_dir) / EXAMS_DIR).glob("*.npy"))
-
-
-def describe(cache_dir: str | Path, verify: bool = False) -> dict[str, Any]:
-    """What a cache holds, for ``umbif cache info``: plan settings, exams cached and quarantined,
-    size; with ``verify``, the exams whose files no longer match their checksums."""
-    cache_dir = Path(cache_dir)
-    index = read_index(cache_dir)
-    plan = read_plan(cache_dir)
-    quarantine = cache_dir / "quarantine.csv"
-    failed = []
-    if quarantine.is_file():
-        with quarantine.open(encoding="utf-8", errors="replace", newline="") as handle:
-            failed = list(csv.DictReader(handle))
-    corrupt = []
-    if verify:
-        for entry in index["exams"]:
-            try:
-                verify_entry(cache_dir, entry)
-            except (CacheError, KeyError, TypeError, AttributeError) as err:
-                corrupt.append(str(err) if isinstance(err, CacheError) else f"exam {entry['exam_id']}: bad entry")
-    n = len(index["exams"])
-    size = cache_bytes(cache_dir)
-    return {
-        "exams": n,
-        "quarantined": len(failed),
-        "bytes": size,
-        "bytes_per_exam": size // n if n else 0,
-        "plan_fingerprint": index["plan_fingerprint"],
-        "preprocess": plan["preprocess"],
-        "sequence_counts": {s: sum(s in e.get("sequences", ()) for e in index["exams"]) for s in SEQUENCES},
-        "with_seg": sum(bool(e.get("has_seg")) for e in index["exams"]),
-        "corrupt": corrupt,
+def _write_part(cache_dir: Path, shard: Shard, plan: str, report: RunReport) -> Path:
+    """Write, atomically, what this shard cached and quarantined: its own exams only, never the index."""
+    path = part_path(cache_dir, shard.index, shard.count)
+    part = {
+        "shard": f"{shard.index}/{shard.count}",
+        "plan_fingerprint": plan,
+        "done": report.done,
+        "skipped": report.skipped,
+        "exams": sorted(report.cached),
+        "quarantined": [asdict(failure) for failure in report.failures],
     }
+    write_json(path, part, indent=None)
+    return path
 
 
 __all__ = [
     "Cache",
     "CacheError",
+    "CacheIndexWarning",
     "Failure",
+    "IndexReport",
     "RunReport",
     "Shard",
     "WorkerDied",
-    "build_index",
     "cache_bytes",
     "describe",
     "entry_paths",
+    "merge_index",
     "read_index",
     "read_plan",
     "run_preprocess",

@@ -35,6 +35,8 @@ class CacheDataset(Dataset):
         dtype: tensor type of ``image`` (float16 is what is stored; float32 costs a conversion).
         masks: also return the brain mask and segmentation.
         verify: check each file's checksum before loading (slow; for audits, not training).
+        strict: when ``cache`` is a folder, refuse an index that disagrees with the exam entries on disk
+            (a :class:`umbif.data.cache.CacheError`) instead of warning (:class:`~umbif.data.cache.Cache`).
 
     Example:
         >>> ds = CacheDataset("cache/")
@@ -48,8 +50,9 @@ class CacheDataset(Dataset):
         dtype: torch.dtype = torch.float16,
         masks: bool = False,
         verify: bool = False,
+        strict: bool = False,
     ):
-        self.cache = cache if isinstance(cache, Cache) else Cache(cache)
+        self.cache = cache if isinstance(cache, Cache) else Cache(cache, strict=strict)
         entries = self.cache.entries
         if exam_ids is not None:
             missing = [e for e in exam_ids if e not in entries]

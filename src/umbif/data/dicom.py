@@ -17,26 +17,29 @@ usable series of one sequence in a study are resolved by :class:`SeriesRules` ``
 reported.
 
 Read top to bottom: the rules (:class:`SeriesRules`), :func:`classify`, then the ingest that groups,
-screens, chooses and converts series. Reading the files themselves (headers, slice order and geometry,
-pixel data) is :mod:`umbif.data.dicom_io`.
+screens, chooses and converts series. It works from the header table (:mod:`umbif.data.dicom_scan`: every
+file's header read once, in parallel and in shards) and converts the patients of one shard
+(:func:`ingest_dicom`); :func:`merge_dicom` joins the shards. Reading the files themselves (headers, slice
+order and geometry, pixel data) is :mod:`umbif.data.dicom_io`.
 
 Nothing that identifies a patient leaves this module: patient ids become keyed hashes
 (:mod:`umbif.data.pseudonym`), study dates become days since the patient's first exam, and names,
 birth dates, accession numbers and UIDs are read only to group files and to find them again in free
-text. Files are named by :class:`~umbif.data.pseudonym.PathNamer` (relative to their exam's folder, which
-the exam pseudonym names; a name holding an identifier, a date or a UID becomes a keyed hash), series
-by exam pseudonym, SeriesNumber and SeriesDescription (withheld when it holds an identifier of any file
-read, a date or a UID). The site is what the caller says, never a folder name.
+text (the table keeps keyed hashes of them). Files are named by :class:`~umbif.data.pseudonym.PathNamer`
+(relative to their exam's folder, which the exam pseudonym names; a name holding an identifier, a date or a
+UID becomes a keyed hash), series by exam pseudonym, SeriesNumber and SeriesDescription (withheld when it
+holds an identifier of any file read, a date or a UID). The site is what the caller says, never a folder
+name.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,38 +48,28 @@ import pandas as pd
 from pydantic import field_validator, model_validator
 
 from umbif.config import FrozenConfig
+from umbif.data.cache import Shard
 from umbif.data.dicom_io import (
     Acquisition,
-    DicomError,
+    ConversionJob,
     GeometryError,
+    Slice,
     SliceHeader,
     Stack,
-    list_files,
-    read_headers,
-    read_volume,
+    conversion_fingerprint,
+    convert_exams,
     stack_slices,
 )
-from umbif.data.io import write_nifti
-from umbif.data.pseudonym import Identifiers, PathNamer, Pseudonymiser, Withheld, day_offsets, parse_date
+from umbif.data.dicom_scan import GEOMETRY, SCAN_KEY, SERIES_COLUMNS, Archive, Part, check_folders, load_archive
+from umbif.data.pseudonym import PathNamer, Pseudonymiser, Withheld, day_offsets
 from umbif.data.sources.common import IngestReport, manifest_from_rows
-from umbif.utils import atomic_write, csv_safe
+from umbif.utils import json_text
 
 ENHANCED_MR = frozenset({"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4"})
 LOCALIZER_MAX_SLICES = 5  # a series in several orientations with at most this many slices each is a localizer
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 DEFAULT_SITE = "site"  # site of every exam when none is given: ROOT's folder name may name a patient
 WITHHELD = "<withheld: contains an identifier>"  # what is shown for a description that holds an identifier
-SERIES_COLUMNS = (
-    "exam_id",
-    "patient_id",
-    "series_number",
-    "description",
-    "folder",
-    "files",
-    "decision",
-    "reason",
-    "nifti",
-)
 
 
 # -------------------------------------------------------------------------------------------- rules
@@ -261,88 +254,65 @@ class DicomReport(IngestReport):
 class _Series:
     """One series of a study while it is being decided."""
 
-    slices: list[SliceHeader]
-    label: str  # "exam series N 'description' (folder, n files)" for problem lines
-    record: dict[str, object]  # its row of series.csv
+    slices: list[Slice]
+    first: SliceHeader  # the whole header of its first file, read again: what the series is
+    fingerprint: str  # of its files: a NIfTI made from the same files is kept on a rerun
+    label: str = ""  # "exam series N 'description' (folder, n files)" for problem lines
+    record: dict[str, object] = field(default_factory=dict)  # its row of series.csv
     classification: Classification | None = None
     stack: Stack | None = None
 
 
 @dataclass
 class _Study:
-    """One study: its pseudonyms, timepoint and series (identifiers stay in the slice headers)."""
+    """One study: its pseudonyms, timepoint and series."""
 
     patient: str  # patient pseudonym
     exam: str  # exam pseudonym
     timepoint: int | None  # days since the patient's first study
-    series: list[list[SliceHeader]]  # slices of each series, in SeriesNumber order
+    has_patient_id: bool
+    series: list[_Series]  # in SeriesNumber order
 
 
-def _without_copies(headers: list[SliceHeader], problems: list[str]) -> list[SliceHeader]:
-    """One header per image: of its copies (same SOPInstanceUID, e.g. exported twice) the first with its
-    geometry complete is kept and the others become its ``copies``, read when its pixel data does not
-    decode, so the copy that decodes wins in any walk order."""
-    first: dict[str, SliceHeader] = {}
-    copies: dict[str, list[SliceHeader]] = defaultdict(list)
-    for header in sorted(headers, key=lambda h: None in (h.position, h.orientation, h.pixel_spacing)):
-        if header.instance_uid and header.instance_uid in first:
-            copies[header.instance_uid].append(header)
-        else:
-            first[header.instance_uid or header.path.as_posix()] = header
-    if copies:
-        uid, extra = next(iter(copies.items()))
-        n = sum(len(c) for c in copies.values())
-        problems.append(
-            f"{n} {'file is a copy' if n == 1 else 'files are copies'} of another file (same SOPInstanceUID); "
-            f"each image is read from the first copy whose pixel data decodes: e.g. {first[uid].relative} and "
-            f"{extra[0].relative}"
+def _series(archive: Archive, table: pd.DataFrame, copies: dict[str, pd.DataFrame], namer: PathNamer) -> _Series:
+    """A series from its rows of the table, in walk order; the whole header of its first file read again."""
+    root = archive.root
+    geometry = table[list(GEOMETRY)].to_numpy(float)  # [S, 11]: position, orientation, spacing; NaN: not given
+    slices, files = [], []
+    columns = ["relative", "key", "rows", "columns", *SCAN_KEY]
+    for (relative, key, rows, width, *scanned), values in zip(
+        table[columns].itertuples(index=False, name=None), geometry, strict=True
+    ):
+        extra = copies.get(key)
+        copied = () if extra is None else tuple(root / r for r in extra["relative"])
+        position, orientation, spacing = (
+            None if np.isnan(v).any() else tuple(map(float, v)) for v in (values[:3], values[3:9], values[9:])
         )
-    return [
-        dataclasses.replace(h, copies=tuple(c.path for c in copies[key])) if key in copies else h
-        for key, h in first.items()
-    ]
+        shape = (int(rows), int(width))
+        slices.append(Slice(root / relative, namer(relative), shape, position, orientation, spacing, copied))
+        files += [tuple(scanned), *([] if extra is None else extra[list(SCAN_KEY)].itertuples(index=False))]
+    first = archive.reread(table["relative"].iloc[0], slices[0].relative)
+    return _Series(slices, first, conversion_fingerprint(files))
 
 
-def _study_key(header: SliceHeader) -> tuple[str, str]:
-    """(patient key, StudyInstanceUID): a study without PatientID is its own patient."""
-    return header.patient_id or f"\x00study {header.study_uid}", header.study_uid
-
-
-def _namer(headers: list[SliceHeader], pseudonymiser: Pseudonymiser) -> PathNamer:
-    """How files are named in outputs: under the folder of their exam (or patient), withheld names hashed."""
-    exams: dict[str, list[str]] = defaultdict(list)
-    patients: dict[str, list[str]] = defaultdict(list)
-    for header in headers:
-        patient, study = _study_key(header)
-        exams[pseudonymiser.exam(patient, study)].append(header.relative)
-        patients[pseudonymiser.patient(patient)].append(header.relative)
-    withheld = Withheld(Identifiers.union(h.identifiers for h in headers))
-    return PathNamer(pseudonymiser, withheld, [exams, patients])
-
-
-def _studies(headers: list[SliceHeader], pseudonymiser: Pseudonymiser) -> list[_Study]:
-    """Group slices by patient, study and series; pseudonyms and day offsets per study."""
-    grouped: dict[tuple[str, str], dict[str, list[SliceHeader]]] = defaultdict(lambda: defaultdict(list))
-    for header in headers:
-        grouped[_study_key(header)][header.series_uid].append(header)
-    patient_key = {key: key[0] for key in grouped}
-    dates = {key: parse_date(next(iter(series.values()))[0].study_date) for key, series in grouped.items()}
-    offsets = day_offsets(dates, patient_key)
-    studies = [
-        _Study(
-            pseudonymiser.patient(key[0]),
-            pseudonymiser.exam(key[0], key[1]),
-            offsets[key],
-            sorted(series.values(), key=lambda s: (s[0].series_number or 0, s[0].relative)),
-        )
-        for key, series in grouped.items()
-    ]
+def _studies(archive: Archive, own: pd.DataFrame, copies: dict[str, pd.DataFrame], namer: PathNamer) -> list[_Study]:
+    """Group the rows by exam and series (walk order); timepoints per patient; series in SeriesNumber order."""
+    grouped = dict(tuple(own.groupby("exam", sort=False)))
+    firsts = {exam: rows.iloc[0] for exam, rows in grouped.items()}  # the study's date is its first file's
+    days = {exam: None if pd.isna(row["day"]) else int(row["day"]) for exam, row in firsts.items()}
+    offsets = day_offsets(days, {exam: row["patient"] for exam, row in firsts.items()})
+    studies = []
+    for exam, rows in grouped.items():
+        series = [_series(archive, table, copies, namer) for _, table in rows.groupby("series", sort=False)]
+        series.sort(key=lambda s: (s.first.series_number or 0, s.first.relative))
+        first = firsts[exam]
+        studies.append(_Study(first["patient"], exam, offsets[exam], bool(first["has_patient_id"]), series))
     return sorted(studies, key=lambda s: (s.patient, -1 if s.timepoint is None else s.timepoint, s.exam))
 
 
-def _screen(series: list[SliceHeader], rules: SeriesRules, withheld: Withheld) -> str | None:
+def _screen(series: _Series, rules: SeriesRules, withheld: Withheld) -> str | None:
     """Why a series is not a candidate at all (before classification), or None."""
-    first = series[0]
+    first = series.first
     if first.modality != "MR":
         return f"modality {_shown(first.modality or 'unknown', withheld)}, not MR"
     if first.frames > 1 or first.sop_class in ENHANCED_MR:
@@ -352,14 +322,14 @@ def _screen(series: list[SliceHeader], rules: SeriesRules, withheld: Withheld) -
     if rules.skip_derived and {"DERIVED", "SECONDARY"} & set(first.image_type[:2]):
         return f"derived image (ImageType {_shown('/'.join(first.image_type[:2]), withheld)}): not acquired data"
     orientations: dict[tuple[float, ...], int] = defaultdict(int)
-    for s in series:
+    for s in series.slices:
         if s.orientation is not None:
             orientations[tuple(np.round(s.orientation, 2))] += 1
     three_plane = len(orientations) > 1 and max(orientations.values()) <= LOCALIZER_MAX_SLICES
     if "LOCALIZER" in first.image_type or _regex(rules.localizer).search(first.acquisition.text) or three_plane:
         return "localizer"
-    if len(series) < rules.min_slices:
-        return f"{len(series)} slices: not a volume (fewer than {rules.min_slices})"
+    if len(series.slices) < rules.min_slices:
+        return f"{len(series.slices)} slices: not a volume (fewer than {rules.min_slices})"
     return None
 
 
@@ -373,50 +343,47 @@ def _unquoted(reason: str, withheld: Withheld) -> str:
     return re.sub(r"'[^']*'|\"[^\"]*\"", lambda m: "'<withheld>'" if withheld.holds(m.group(0)) else m.group(0), reason)
 
 
-def _describe(study: _Study, slices: list[SliceHeader], withheld: Withheld) -> _Series:
-    """A series with its problem-line label and series.csv row; a description that holds an identifier of
-    any file read, a date or a UID is withheld (the series is kept)."""
-    first = slices[0]
+def _describe(study: _Study, series: _Series, withheld: Withheld) -> None:
+    """Give a series its problem-line label and series.csv row; a description that holds an identifier of any
+    file read, a date or a UID is withheld (the series is kept)."""
+    first = series.first
     description = first.acquisition.description
     if withheld.holds(description):
         description = WITHHELD
-    folders = sorted({Path(s.relative).parent.as_posix() for s in slices})
+    folders = sorted({Path(s.relative).parent.as_posix() for s in series.slices})
     folder = folders[0] + (f" and {len(folders) - 1} more folders" if len(folders) > 1 else "")
     number = "?" if first.series_number is None else first.series_number
-    record = dict.fromkeys(SERIES_COLUMNS, "")
-    record.update(
-        exam_id=study.exam,
-        patient_id=study.patient,
-        series_number=first.series_number,
-        description=description,
-        folder=folder,
-        files=len(slices),
-    )
-    return _Series(slices, f"{study.exam} series {number} {description!r} ({folder}, {len(slices)} files)", record)
+    n = len(series.slices)
+    series.label = f"{study.exam} series {number} {description!r} ({folder}, {n} files)"
+    series.record = dict.fromkeys(SERIES_COLUMNS, "") | {
+        "exam_id": study.exam,
+        "patient_id": study.patient,
+        "series_number": first.series_number,
+        "description": description,
+        "folder": folder,
+        "files": n,
+    }
 
 
-def _candidates(study: _Study, rules: SeriesRules, withheld: Withheld, problems: list[str]) -> list[_Series]:
-    """Every series of a study, screened, classified and stacked; what fails is reported in ``problems``."""
-    decided = []
-    for slices in study.series:
-        series = _describe(study, slices, withheld)
-        decided.append(series)
-        if reason := _screen(slices, rules, withheld):
+def _candidates(study: _Study, rules: SeriesRules, withheld: Withheld, problems: list[str]) -> None:
+    """Screen, classify and stack every series of a study; what fails is reported in ``problems``."""
+    for series in study.series:
+        _describe(study, series, withheld)
+        if reason := _screen(series, rules, withheld):
             series.record.update(decision="skipped", reason=reason)
             problems.append(f"{series.label}: skipped, {reason}")
             continue
-        found = series.classification = classify(slices[0].acquisition, rules)
+        found = series.classification = classify(series.first.acquisition, rules)
         why = _unquoted(found.reason, withheld)
         series.record.update(decision=found.kind, reason=why)
         if found.sequence is None:
             problems.append(f"{series.label}: {found.kind} ({why}); not converted")
             continue
         try:
-            series.stack = stack_slices(slices)
+            series.stack = stack_slices(series.slices)
         except GeometryError as err:
             series.record.update(decision="refused", reason=str(err))
             problems.append(f"{series.label}: {found.sequence} refused, {err}")
-    return decided
 
 
 def _choose(candidates: list[_Series], rules: SeriesRules) -> tuple[_Series | None, str]:
@@ -429,21 +396,21 @@ def _choose(candidates: list[_Series], rules: SeriesRules) -> tuple[_Series | No
 
     def preference(c: _Series) -> tuple[bool, float, int]:
         assert c.classification is not None and c.stack is not None
-        return not c.classification.contrast, -c.stack.voxel_volume, c.slices[0].series_number or 0
+        return not c.classification.contrast, -c.stack.voxel_volume, c.first.series_number or 0
 
     ranked = sorted(candidates, key=preference, reverse=True)
     if preference(ranked[0]) == preference(ranked[1]):
         return None, f"{len(candidates)} series fit equally well: {listed}; none used"
     return ranked[0], (
-        f"{len(candidates)} series fit: {listed}; kept series {ranked[0].slices[0].series_number} "
+        f"{len(candidates)} series fit: {listed}; kept series {ranked[0].first.series_number} "
         "(pre-contrast, then finest voxels, then the latest)"
     )
 
 
-def _chosen(study: _Study, series: list[_Series], rules: SeriesRules, problems: list[str]) -> dict[str, _Series]:
+def _chosen(study: _Study, rules: SeriesRules, problems: list[str]) -> dict[str, _Series]:
     """Sequence -> the series to convert, one per sequence at most."""
     by_sequence: dict[str, list[_Series]] = defaultdict(list)
-    for s in series:
+    for s in study.series:
         if s.stack is not None and s.classification is not None and s.classification.sequence:
             by_sequence[s.classification.sequence].append(s)
     chosen = {}
@@ -459,6 +426,43 @@ def _chosen(study: _Study, series: list[_Series], rules: SeriesRules, problems: 
     return chosen
 
 
+def _convert(
+    plans: list[tuple[_Study, dict[str, _Series]]],
+    out_dir: Path,
+    site: str,
+    workers: int,
+    problems: list[str],
+    on_progress: Progress | None,
+) -> list[dict[str, object]]:
+    """Write the chosen series as NIfTI (one made from the same files before is kept) and return the manifest
+    rows, paths relative to ``out_dir``; what fails is reported in ``problems``."""
+    jobs = {}
+    for study, chosen in plans:
+        jobs[study.exam] = []
+        for sequence, series in chosen.items():
+            assert series.stack is not None
+            target = f"{study.patient}/{study.exam}/{sequence}.nii.gz"
+            jobs[study.exam].append(ConversionJob(sequence, series.stack, target, series.fingerprint))
+    progress = on_progress and functools.partial(on_progress, "convert")
+    errors = convert_exams(out_dir, jobs, workers, progress)
+    rows = []
+    for (study, chosen), job in zip(plans, jobs.values(), strict=True):
+        row: dict[str, object] = {}
+        for series, done, error in zip(chosen.values(), job, errors[study.exam], strict=True):
+            if error is None:
+                row[done.sequence] = done.target
+                series.record.update(decision=done.sequence, nifti=done.target)
+            else:
+                series.record.update(decision="failed", reason=error)
+                problems.append(f"{series.label}: {done.sequence} not converted, {error}")
+        if not row:
+            problems.append(f"{study.exam}: no t1, t1c, t2 or flair series could be converted; exam left out")
+            continue
+        timepoint = "" if study.timepoint is None else str(study.timepoint)
+        rows.append({"exam_id": study.exam, "patient_id": study.patient, "site": site, "timepoint": timepoint} | row)
+    return rows
+
+
 def ingest_dicom(
     root: str | Path,
     out_dir: str | Path,
@@ -466,8 +470,15 @@ def ingest_dicom(
     site: str | None = None,
     rules: SeriesRules | None = None,
     on_progress: Progress | None = None,
+    workers: int = 1,
+    shard: Shard = Shard(),
 ) -> DicomReport:
-    """Convert a tree of DICOM files into pseudonymised NIfTI exams and a manifest.
+    """Convert a tree of DICOM files into pseudonymised NIfTI exams and a manifest (stage 2, one shard of it).
+
+    The headers come from the table in ``out_dir/.scan`` (:mod:`umbif.data.dicom_scan`); with one shard the
+    files it lacks are scanned first, with ``workers`` processes. With one shard (the default) this is the whole
+    ingest. With several, each converts the patients whose pseudonym hashes to it and writes its part to
+    ``out_dir/.convert``, and :func:`merge_dicom` joins the parts. A NIfTI made from the same files is kept.
 
     Args:
         root: folder searched recursively; any layout, any number of patients and studies.
@@ -478,11 +489,14 @@ def ingest_dicom(
             name a patient).
         rules: how series are classified and chosen (default :class:`SeriesRules`).
         on_progress: called as ``(stage, done, total)`` for the stages "headers" and "convert".
+        workers: processes scanning headers and converting series.
+        shard: the patients to convert (``Shard(i, n)`` for array job i of n; every shard needs the whole scan).
 
     Returns:
-        The manifest (one row per study with at least one converted sequence), the problems (one
-        line per file or series not used, and why), and the series table. Files and folders are named
-        in both by :class:`~umbif.data.pseudonym.PathNamer`, never by their raw path.
+        The manifest (one row per study with at least one converted sequence; of this shard's patients when
+        there are several shards), the problems (one line per file or series not used, and why), and the
+        series table. Files and folders are named in both by :class:`~umbif.data.pseudonym.PathNamer`, never
+        by their raw path.
 
     Example:
         >>> report = ingest_dicom("archive", "nifti", Pseudonymiser.from_user("~/umbif.key"))  # doctest: +SKIP
@@ -490,71 +504,73 @@ def ingest_dicom(
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
-        ValueError: no DICOM image under ``root``, ``out_dir`` is ``root``, or no series was converted.
+        ValueError: no DICOM image under ``root``, ``out_dir`` is ``root``, files not scanned (several shards),
+            a table of another key, or (one shard) no series was converted.
     """
-    root, out_dir = Path(root).absolute(), Path(out_dir).absolute()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder; give the folder that holds the DICOM files")
-    if out_dir == root:
-        raise ValueError("write the output to another folder than ROOT, e.g. next to it")
+    root, out_dir = check_folders(root, out_dir)
     rules = rules or SeriesRules()
-    files = list_files(root, exclude=out_dir)
-    headers, unreadable = read_headers(files, root, on_progress and functools.partial(on_progress, "headers"))
-    namer = _namer(headers, pseudonymiser)
-    problems = [f"{namer(p.relative)}: {p.reason}" for p in unreadable]
-    if not headers:
-        raise ValueError(f"no DICOM image under ROOT ({'; '.join(problems[:3]) or 'no files'})")
+    headers = on_progress and functools.partial(on_progress, "headers")
+    archive = load_archive(root, out_dir, pseudonymiser, workers, shard.count == 1, headers)
+    namer = archive.namer(pseudonymiser)
+    unreadable = archive.files.loc[archive.files["problem"].notna(), ["relative", "problem"]].to_numpy()
+    problems = [f"{namer(relative)}: {problem}" for relative, problem in unreadable if shard.owns(relative)]
+    if archive.readable.empty:
+        listed = "; ".join(f"{namer(relative)}: {problem}" for relative, problem in unreadable[:3])
+        raise ValueError(f"no DICOM image under ROOT ({listed or 'no files'})")
     if not site:
         site = DEFAULT_SITE
         problems.append(
             f"no site given: every exam's site is {site!r}; name it (--site hospitalA) to tell sites apart "
             "(ROOT's folder name is not used: it may name a patient)"
         )
-    headers = _without_copies([dataclasses.replace(h, relative=namer(h.relative)) for h in headers], problems)
-    withheld = namer.withheld
-
-    studies = _studies(headers, pseudonymiser)
-    plans = []
-    for study in studies:
-        if not study.series[0][0].patient_id:
-            problems.append(f"{study.exam}: no PatientID; the exam is its own patient")
-        decided = _candidates(study, rules, withheld, problems)
-        plans.append((study, decided, _chosen(study, decided, rules, problems)))
-
-    rows, converted, total = [], 0, sum(len(chosen) for _, _, chosen in plans)
-    for study, _, chosen in plans:
-        row: dict[str, object] = {}
-        for sequence, series in chosen.items():
-            path = out_dir / study.patient / study.exam / f"{sequence}.nii.gz"
-            assert series.stack is not None
-            try:
-                write_nifti(path, read_volume(series.stack), series.stack.affine)
-            except DicomError as err:
-                series.record.update(decision="failed", reason=str(err))
-                problems.append(f"{series.label}: {sequence} not converted, {err}")
-            else:
-                series.record.update(decision=sequence, nifti=path.relative_to(out_dir).as_posix())
-                row[sequence] = path
-            converted += 1
-            if on_progress:
-                on_progress("convert", converted, total)
-        if not row:
-            problems.append(f"{study.exam}: no t1, t1c, t2 or flair series could be converted; exam left out")
-            continue
-        timepoint = "" if study.timepoint is None else str(study.timepoint)
-        rows.append(
-            {
-                "exam_id": study.exam,
-                "patient_id": study.patient,
-                "site": site,
-                "timepoint": timepoint,
-            }
-            | row
+    images, copies = archive.images()
+    owned = {patient for patient in images["patient"].unique() if shard.owns(patient)}
+    if len(reported := copies[copies["patient"].isin(owned)]):
+        first, n = images.set_index("key").loc[reported["key"].iloc[0], "relative"], len(reported)
+        problems.append(
+            f"{n} {'file is a copy' if n == 1 else 'files are copies'} of another file (same SOPInstanceUID); "
+            f"each image is read from the first copy whose pixel data decodes: e.g. {namer(first)} and "
+            f"{namer(reported['relative'].iloc[0])}"
         )
+    plans = []
+    copies_of = dict(tuple(copies.groupby("key", sort=False)))  # key of the image kept -> the rows of its copies
+    for study in _studies(archive, images[images["patient"].isin(owned)], copies_of, namer):
+        if not study.has_patient_id:
+            problems.append(f"{study.exam}: no PatientID; the exam is its own patient")
+        _candidates(study, rules, namer.withheld, problems)
+        plans.append((study, _chosen(study, rules, problems)))
+    rows = _convert(plans, out_dir, site, workers, problems, on_progress)
+    timepoints = [study.timepoint for study, _ in plans for _ in study.series]
+    part = Part.of([s.record for study, _ in plans for s in study.series], timepoints, rows)
+    if shard.count > 1:
+        part.write(out_dir, shard, _fingerprint(archive, site, rules))
+        return DicomReport(
+            manifest_from_rows(part.rows(out_dir), out_dir), problems, part.series.drop(columns="_timepoint")
+        )
+    return _report(out_dir, part, problems)
 
-    table = pd.DataFrame.from_records([s.record for _, decided, _ in plans for s in decided], columns=SERIES_COLUMNS)
-    with atomic_write(out_dir / "series.csv", "w") as handle:
-        handle.write(csv_safe(table).to_csv(index=False))
+
+def merge_dicom(out_dir: str | Path) -> DicomReport:
+    """Join the parts the shards of :func:`ingest_dicom` wrote into ``out_dir/series.csv`` and a manifest (the
+    caller writes ``manifest.csv``), in the order one shard gives.
+
+    Raises:
+        ValueError: a shard's part is missing, the parts were made from different archives or settings, or no
+            series was converted.
+    """
+    out_dir = Path(out_dir).absolute()
+    part, notes = Part.read(out_dir)
+    return _report(out_dir, part, notes)
+
+
+def _fingerprint(archive: Archive, site: str, rules: SeriesRules) -> str:
+    """What a shard's part depends on beyond its patients: every shard must agree."""
+    return hashlib.sha256(json_text([archive.fingerprint, site, rules.to_dict()]).encode()).hexdigest()
+
+
+def _report(out_dir: Path, part: Part, problems: list[str]) -> DicomReport:
+    """Write ``series.csv`` and return the report."""
+    series, rows = part.finish(out_dir)
     if not rows:
         raise ValueError(f"no exam could be built from ROOT: no series was converted; see {out_dir / 'series.csv'}")
-    return DicomReport(manifest_from_rows(rows, out_dir), problems, table)
+    return DicomReport(manifest_from_rows(rows, out_dir), problems, series)

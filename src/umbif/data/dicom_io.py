@@ -1,23 +1,28 @@
 """DICOM files to volumes: read the headers of a tree of files, stack the slices of one series in order
-with checked geometry, and read their pixel data. Nothing here decides what a series is or which to keep:
+with checked geometry, read their pixel data, and write many series as NIfTI at once (in worker processes,
+keeping files made from the same slices before). Nothing here decides what a series is or which to keep:
 that is :mod:`umbif.data.dicom` (classification and ingest), which, like the RSNA adapter
 (:mod:`umbif.data.sources.rsna`), is built on these functions.
 
 Coordinates: DICOM patient space is LPS, NIfTI world space is RAS; a :class:`Stack`'s affine maps voxel
-``(i, j, k)`` (column, row, slice) to RAS mm. Identifiers read from a header stay in memory to group
-files and to find them again in free text (:class:`~umbif.data.pseudonym.Identifiers`); problem lines name
-files by :attr:`SliceHeader.relative`, which the DICOM ingest replaces with a name free of identifiers.
+``(i, j, k)`` (column, row, slice) to RAS mm. Who a header belongs to and the identifiers it holds
+(:class:`Identity`) stay in memory to group files and to find them again in free text; problem lines name
+files by :attr:`Slice.relative`, which the DICOM ingest replaces with a name free of identifiers.
 pydicom's warnings and log records, which can quote header values, are silenced while reading.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
-import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +37,10 @@ from pydicom.uid import UID
 
 from umbif.data.io import write_nifti
 from umbif.data.pseudonym import Identifiers
+from umbif.utils import check_component, write_json
 
+CONVERT_DIR = ".convert"  # under OUT: what each exam's NIfTI files were made from (and the ingest's shard parts)
+CONVERT_VERSION = 1  # how a series becomes NIfTI: a file made by another version is made again
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM patient space is LPS, NIfTI world space is RAS
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines that differ less are the same orientation
 SPACING_TOLERANCE_MM = 0.05  # slice gaps, in-plane spacings and sideways shifts within this are equal ...
@@ -95,33 +103,47 @@ class Acquisition:
 
 
 @dataclass(frozen=True)
-class SliceHeader:
-    """What umbif reads from one DICOM file. Identifiers stay in memory to group files; none is written."""
+class Slice:
+    """One image file as a slice of a volume: what stacking the slices and reading their pixels need."""
 
     path: Path
-    relative: str  # posix path under the walked root; the DICOM ingest replaces it with its output name
+    relative: str  # posix path under the walked root; the DICOM ingest gives it its output name instead
+    shape: tuple[int, int] | None  # (Rows, Columns)
+    position: tuple[float, ...] | None  # ImagePositionPatient, LPS mm
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient: row direction, column direction
+    pixel_spacing: tuple[float, ...] | None  # PixelSpacing: between rows, between columns (mm)
+    copies: tuple[Path, ...] = ()  # other files of the same image (same SOPInstanceUID), tried when it fails
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who and when: what groups files into patients, studies, series and images, and every identifier of the
+    header. Kept in memory only; the DICOM header table (:mod:`umbif.data.dicom_scan`) holds keyed hashes of it."""
+
     patient_id: str
     study_uid: str
     series_uid: str
     instance_uid: str  # SOPInstanceUID: the same image exported twice has the same one
-    study_date: str
+    study_date: str  # StudyDate, else SeriesDate
     identifiers: Identifiers  # every person and organisation name, id and date in the header
+
+
+@dataclass(frozen=True, kw_only=True)
+class SliceHeader(Slice):
+    """What umbif reads from one DICOM file: the slice, who it belongs to, and what its series is."""
+
+    identity: Identity
     series_number: int | None
     modality: str
     sop_class: str
     image_type: tuple[str, ...]
     frames: int
     samples: int  # SamplesPerPixel: 1 for grey-scale
-    shape: tuple[int, int] | None  # (Rows, Columns)
-    position: tuple[float, ...] | None  # ImagePositionPatient, LPS mm
-    orientation: tuple[float, ...] | None  # ImageOrientationPatient: row direction, column direction
-    pixel_spacing: tuple[float, ...] | None  # PixelSpacing: between rows, between columns (mm)
     acquisition: Acquisition
-    copies: tuple[Path, ...] = ()  # other files of the same image (same SOPInstanceUID), tried when it fails
 
 
 class DicomError(ValueError):
-    """A file that cannot be used; the message names it by :attr:`SliceHeader.relative`."""
+    """A file that cannot be used; the message names it by :attr:`Slice.relative`."""
 
 
 class UnreadableFile(DicomError):
@@ -251,12 +273,14 @@ def _parse_header(ds: Dataset, path: Path, relative: str) -> SliceHeader:
     return SliceHeader(
         path=path,
         relative=relative,
-        patient_id=_text(ds, "PatientID"),
-        study_uid=study,
-        series_uid=series,
-        instance_uid=_text(ds, "SOPInstanceUID"),
-        study_date=_text(ds, "StudyDate") or _text(ds, "SeriesDate"),
-        identifiers=_identifiers(ds),
+        identity=Identity(
+            patient_id=_text(ds, "PatientID"),
+            study_uid=study,
+            series_uid=series,
+            instance_uid=_text(ds, "SOPInstanceUID"),
+            study_date=_text(ds, "StudyDate") or _text(ds, "SeriesDate"),
+            identifiers=_identifiers(ds),
+        ),
         series_number=None if number is None else int(number),
         modality=_text(ds, "Modality").upper(),
         sop_class=sop_class,
@@ -296,15 +320,6 @@ def read_headers(
     return headers, problems
 
 
-def list_files(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Every file under ``root`` in path order; hidden files and folders and ``exclude`` left out."""
-    found = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(folder, d) != exclude)
-        found.extend(Path(folder, f) for f in sorted(filenames) if not f.startswith("."))
-    return found
-
-
 # ----------------------------------------------------------------------------------------- geometry
 class GeometryError(ValueError):
     """Slices that do not form one regular volume; the message says why."""
@@ -316,7 +331,7 @@ class Stack:
 
     Voxel ``(i, j, k)`` is column ``i`` and row ``j`` of slice ``k`` (NIfTI convention)."""
 
-    slices: tuple[SliceHeader, ...]
+    slices: tuple[Slice, ...]
     affine: np.ndarray  # [4, 4], voxel -> RAS mm
 
     @property
@@ -333,7 +348,7 @@ def _tolerance(step: float) -> float:
     return max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * step)
 
 
-def stack_slices(slices: Sequence[SliceHeader]) -> Stack:
+def stack_slices(slices: Sequence[Slice]) -> Stack:
     """Order the slices of one series by position along the slice normal and build its affine.
 
     The normal is the cross product of the row and column directions; slices are sorted by the
@@ -434,7 +449,7 @@ def read_volume(stack: Stack) -> np.ndarray:
     """The voxel values of a stack, [i, j, k] as in :class:`Stack`: int16 when every real value is a whole
     number that fits, else float32.
 
-    A slice with copies (:attr:`SliceHeader.copies`) is read from the first of its files whose pixel data
+    A slice with copies (:attr:`Slice.copies`) is read from the first of its files whose pixel data
     decodes to the header's size, so a damaged copy never hides a good one, whichever was found first.
 
     Raises:
@@ -449,7 +464,7 @@ def read_volume(stack: Stack) -> np.ndarray:
     return volume
 
 
-def _slice_pixels(header: SliceHeader) -> np.ndarray:
+def _slice_pixels(header: Slice) -> np.ndarray:
     """The pixels of one slice, [rows, columns], from its file or else from one of its copies."""
     failures = []
     for path in (header.path, *header.copies):
@@ -465,7 +480,7 @@ def _slice_pixels(header: SliceHeader) -> np.ndarray:
     raise DicomError(f"{header.relative}: {failures[0]}{copies}")
 
 
-def convert(slices: Sequence[SliceHeader], path: Path) -> Stack:
+def convert(slices: Sequence[Slice], path: Path) -> Stack:
     """Stack, read and write one series as NIfTI at ``path``.
 
     Raises:
@@ -475,3 +490,104 @@ def convert(slices: Sequence[SliceHeader], path: Path) -> Stack:
     stack = stack_slices(slices)
     write_nifti(path, read_volume(stack), stack.affine)
     return stack
+
+
+# ------------------------------------------------------------------------------- many series at once
+class WorkerDied(RuntimeError):
+    """A worker process was killed (most often by the system, out of memory)."""
+
+
+def conversion_fingerprint(files: Iterable[tuple[str, int, int]]) -> str:
+    """What a NIfTI file is made from: the (keyed) path, size and mtime of each of its files, copies included."""
+    lines = sorted(f"{key}:{size}:{mtime}" for key, size, mtime in files)
+    return hashlib.sha256("\n".join([f"convert {CONVERT_VERSION}", *lines]).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ConversionJob:
+    """One series to write as NIfTI: its sequence, slices, file under OUT and fingerprint."""
+
+    sequence: str
+    stack: Stack
+    target: str  # posix path under OUT
+    fingerprint: str
+
+
+def _record_path(out_dir: Path, exam: str) -> Path:
+    return out_dir / CONVERT_DIR / "exams" / f"{check_component(exam, 'exam id')}.json"
+
+
+def _record(out_dir: Path, exam: str) -> dict[str, str]:
+    """Sequence -> fingerprint of the NIfTI files of an exam written before (nothing when unreadable)."""
+    try:
+        record = json.loads(_record_path(out_dir, exam).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _convert_exam(out_dir: Path, exam: str, jobs: list[ConversionJob]) -> list[str | None]:
+    """Write the NIfTI file of each job (the error of each that fails, else None), then the exam's record."""
+    record, errors = _record(out_dir, exam), []
+    for job in jobs:
+        try:
+            write_nifti(out_dir / job.target, read_volume(job.stack), job.stack.affine)
+        except DicomError as err:
+            record.pop(job.sequence, None)
+            errors.append(str(err))
+        else:
+            record[job.sequence] = job.fingerprint
+            errors.append(None)
+    write_json(_record_path(out_dir, exam), record)
+    return errors
+
+
+def convert_exams(
+    out_dir: Path,
+    jobs: dict[str, list[ConversionJob]],
+    workers: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[str | None]]:
+    """Write every job's NIfTI file, exam by exam, in this process or in ``workers`` processes; a file that its
+    exam's record says was made from the same files is kept. Returns each exam's errors, in job order (None: the
+    file is there)."""
+    errors: dict[str, list[str | None]] = {exam: [None] * len(exam_jobs) for exam, exam_jobs in jobs.items()}
+    todo: dict[str, list[int]] = {}  # exam -> its jobs to do
+    for exam, exam_jobs in jobs.items():
+        record = _record(out_dir, exam) if exam_jobs else {}
+        kept = [record.get(j.sequence) == j.fingerprint and (out_dir / j.target).is_file() for j in exam_jobs]
+        if not all(kept):
+            todo[exam] = [i for i, k in enumerate(kept) if not k]
+    total = sum(len(j) for j in jobs.values())
+    finished = total - sum(len(j) for j in todo.values())
+    if on_progress and finished:
+        on_progress(finished, total)
+    with contextlib.ExitStack() as resources:
+        if workers <= 1:
+            results: Iterable[tuple[str, list[str | None]]] = (
+                (exam, _convert_exam(out_dir, exam, [jobs[exam][i] for i in todo_jobs]))
+                for exam, todo_jobs in todo.items()
+            )
+        else:
+            pool = resources.enter_context(
+                ProcessPoolExecutor(min(workers, len(todo) or 1), mp_context=get_context("spawn"))
+            )
+            resources.callback(pool.shutdown, cancel_futures=True)  # on an error: what has not started never will
+            futures = {
+                pool.submit(_convert_exam, out_dir, exam, [jobs[exam][i] for i in todo_jobs]): exam
+                for exam, todo_jobs in todo.items()
+            }
+            results = ((futures[future], future.result()) for future in as_completed(futures))
+        try:
+            for exam, exam_errors in results:
+                for i, error in zip(todo[exam], exam_errors, strict=True):
+                    errors[exam][i] = error
+                finished += len(exam_errors)
+                if on_progress:
+                    on_progress(finished, total)
+        except BrokenProcessPool:
+            raise WorkerDied(
+                f"a worker process was killed while converting into {out_dir} (most often the system ran out of "
+                "memory); the exams finished so far are kept: rerun with fewer --workers"
+            ) from None
+    return errors

@@ -10,7 +10,8 @@ reversible by trying every plausible id.
 The identifiers of every file read (:class:`Identifiers`: person and organisation names, ids, dates) make
 up the withheld set (:class:`Withheld`); a text that holds one of them, or any date or UID, is withheld,
 and a file's path is named by :class:`PathNamer` relative to its exam, with withheld names replaced by
-keyed hashes.
+keyed hashes. The withheld set can be kept as keyed hashes of its tokens (:meth:`Withheld.digests`), which
+is how the DICOM header table stores it: it finds the same identifiers, and names none of them.
 
 Example:
     >>> p = Pseudonymiser(b"0123456789abcdef0123456789abcdef")
@@ -35,6 +36,7 @@ from pathlib import Path, PurePosixPath
 
 KEY_ENV = "UMBIF_PSEUDONYM_KEY"
 MIN_KEY_BYTES = 16
+DAY_SHIFT_RANGE = 2**48  # stored day numbers carry a keyed offset per patient this large: no date can be told
 NEW_KEY_HINT = (
     "create one with `python -c 'import secrets; print(secrets.token_hex(32))' > ~/umbif.key`, "
     "keep it away from the data (the same key gives the same pseudonyms next time), and pass "
@@ -82,6 +84,21 @@ class Pseudonymiser:
         message = f"{kind}\x00{value.strip()}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:length]
 
+    def keyed(self, kind: str, value: str, length: int = 16) -> str:
+        """A keyed hash of ``value`` (``length`` hex digits) for the tables ingest keeps between its stages: what
+        ``kind`` of value it is (a path, a UID, a withheld token) keeps equal values of two kinds apart."""
+        return hmac.digest(self._key, f"{kind}\x00{value}".encode(), "sha256").hex()[:length]
+
+    def check(self) -> str:
+        """A keyed hash of a constant: stored with keyed tables so that a run with another key refuses them."""
+        return self.keyed("key check", "umbif")
+
+    def day_shift(self, patient_id: str) -> int:
+        """A secret number of days per patient (up to 2**48) added to a study's day number before it is stored:
+        differences within a patient, and so the timepoints, survive; the calendar date does not, not even its
+        year (the offset dwarfs every plausible date)."""
+        return int(self.keyed("day shift", patient_id.strip(), 12), 16) % DAY_SHIFT_RANGE
+
     def patient(self, patient_id: str) -> str:
         """The pseudonym of a patient id: ``P-`` and 16 hex digits (64 bits; collisions are negligible
         for any archive)."""
@@ -108,22 +125,24 @@ def parse_date(value: str) -> dt.date | None:
     return None
 
 
-def day_offsets(dates: Mapping[str, dt.date | None], groups: Mapping[str, str]) -> dict[str, int | None]:
+def day_offsets(dates: Mapping[str, dt.date | int | None], groups: Mapping[str, str]) -> dict[str, int | None]:
     """Dates as days since each patient's first dated exam: the only time information that survives.
 
     Args:
-        dates: exam key -> date (None when unknown).
+        dates: exam key -> date, or day number (an ordinal, shifted or not: only differences count); None
+            when unknown.
         groups: exam key -> patient key.
 
     Returns:
         exam key -> days since that patient's earliest date (0 for the first), None when undated.
     """
-    first: dict[str, dt.date] = {}
-    for exam, date in dates.items():
-        if date is not None:
+    days = {exam: date.toordinal() if isinstance(date, dt.date) else date for exam, date in dates.items()}
+    first: dict[str, int] = {}
+    for exam, day in days.items():
+        if day is not None:
             patient = groups[exam]
-            first[patient] = min(first.get(patient, date), date)
-    return {exam: None if date is None else (date - first[groups[exam]]).days for exam, date in dates.items()}
+            first[patient] = min(first.get(patient, day), day)
+    return {exam: None if day is None else day - first[groups[exam]] for exam, day in days.items()}
 
 
 def leaks(texts: Iterable[str], identifiers: Iterable[str], min_length: int = 4) -> list[str]:
@@ -224,6 +243,48 @@ class Identifiers:
         return cls(frozenset(names), frozenset(ids), frozenset(dates))
 
 
+def withheld_tokens(identifiers: Identifiers) -> set[tuple[str, str]]:
+    """The tokens :class:`Withheld` looks for, as ``(kind, text)``: ``l`` a word of letters of a name (two letters
+    and up), ``m`` a word of letters and digits, ``n`` a number of four digits and up, ``t`` a spelling of a header
+    date (:func:`date_spellings`), ``c<L>`` a name or id glued together (``L`` characters) and ``p`` its first four
+    characters; all lower case without accents."""
+    tokens: set[tuple[str, str]] = set()
+
+    def number(digits: str) -> None:
+        if len(digits) >= 4:
+            tokens.add(("n", digits))
+
+    def glued(text: str, shortest: int = 4) -> None:
+        compact = "".join(_ALNUM.findall(text))
+        if len(compact) >= shortest and _LETTERS.search(compact):
+            tokens.update({(f"c{len(compact)}", compact), ("p", compact[:4])})
+
+    for value in identifiers.names:
+        folded = _fold(value)
+        for word in _ALNUM.findall(folded):
+            if word.isdigit():
+                number(word)
+            elif len(word) >= 2:
+                tokens.add(("l" if word.isalpha() else "m", word))
+        parts = [p for p in folded.split("=")[0].split("^") if p.strip()]  # PN: family^given^middle
+        for joined in (folded, *([parts[1] + parts[0], parts[0] + parts[1]] if len(parts) > 1 else [])):
+            glued(joined, shortest=6)  # shorter glued names match across ordinary words
+    for value in identifiers.ids:
+        folded = _fold(value)
+        if _LETTERS.search(folded):
+            glued(folded)
+            tokens.update(("m", w) for w in _ALNUM.findall(folded) if len(w) >= 4 and not w.isalpha())
+        else:
+            number("".join(_DIGITS.findall(folded)))
+    for value in identifiers.dates:
+        date = parse_date(value)
+        if date is None:
+            number("".join(_DIGITS.findall(value)))
+        else:
+            tokens.update(("t", spelled) for spelled in date_spellings(date))
+    return tokens
+
+
 class Withheld:
     """The withheld set: finds an identifier, any calendar date or a UID in a text (a series description, a
     file or folder name) however it is typed.
@@ -233,63 +294,59 @@ class Withheld:
     spelling of :func:`date_spellings`, and any other date (YYYYMMDD, YYYY-MM-DD, DD.MM.YYYY, DD/MM/YYYY,
     MM/DD/YYYY, ``4 Mar 2021``) and any UID-like number (``1.2.840.113619...``) match too. Case and accents
     are ignored.
+
+    Args:
+        identifiers: what to withhold.
+        pseudonymiser: when given, the set keeps keyed hashes of its tokens (:func:`withheld_tokens`) instead of
+            the tokens: it finds the same identifiers, and :attr:`tokens` can be stored without naming anyone.
+        tokens: more of :attr:`tokens` as stored by a set with the same key (or none).
     """
 
-    def __init__(self, identifiers: Identifiers):
-        self.letters: set[str] = set()  # words of letters, matched against the text's runs of letters
-        self.digits: set[str] = set()  # numbers of 4 digits or more, matched against its runs of digits
-        self.mixed: set[str] = set()  # words of letters and digits, matched against its runs of both
-        self._compact: dict[str, set[str]] = defaultdict(set)  # first 4 characters -> glued names and ids
-        self.dates: set[str] = set()
-        for value in identifiers.names:
-            folded = _fold(value)
-            for word in _ALNUM.findall(folded):
-                if word.isdigit():
-                    self._add_number(word)
-                elif len(word) >= 2:
-                    (self.letters if word.isalpha() else self.mixed).add(word)
-            parts = [p for p in folded.split("=")[0].split("^") if p.strip()]  # PN: family^given^middle
-            for joined in (folded, *([parts[1] + parts[0], parts[0] + parts[1]] if len(parts) > 1 else [])):
-                self._add_compact(joined, shortest=6)  # shorter glued names match across ordinary words
-        for value in identifiers.ids:
-            folded = _fold(value)
-            if _LETTERS.search(folded):
-                self._add_compact(folded)
-                self.mixed |= {w for w in _ALNUM.findall(folded) if len(w) >= 4 and not w.isalpha()}
-            else:
-                self._add_number("".join(_DIGITS.findall(folded)))
-        for value in identifiers.dates:
-            date = parse_date(value)
-            if date is None:
-                self._add_number("".join(_DIGITS.findall(value)))
-            else:
-                self.dates |= date_spellings(date)
+    def __init__(
+        self,
+        identifiers: Identifiers = Identifiers(),
+        pseudonymiser: Pseudonymiser | None = None,
+        tokens: Iterable[str] = (),
+    ):
+        self._pseudonymiser = pseudonymiser
+        self.tokens: frozenset[str] = frozenset(
+            {self._token(kind, text) for kind, text in withheld_tokens(identifiers)} | set(tokens)
+        )
+        kinds = {token.split(":", 1)[0] for token in self.tokens}
+        self._lengths = sorted(int(kind[1:]) for kind in kinds if kind.startswith("c"))  # of the glued tokens
 
-    def _add_number(self, digits: str) -> None:
-        if len(digits) >= 4:
-            self.digits.add(digits)
+    def _token(self, kind: str, text: str) -> str:
+        """``kind:text``, or ``kind:`` and the keyed hash of both (the kind stays readable: ``c9`` says how long)."""
+        if self._pseudonymiser is None:
+            return f"{kind}:{text}"
+        return f"{kind}:{self._pseudonymiser.keyed('withheld', kind + chr(0) + text)}"
 
-    def _add_compact(self, text: str, shortest: int = 4) -> None:
-        compact = "".join(_ALNUM.findall(text))
-        if len(compact) >= shortest and _LETTERS.search(compact):
-            self._compact[compact[:4]].add(compact)
+    def _has(self, kind: str, text: str) -> bool:
+        return self._token(kind, text) in self.tokens
 
     def holds(self, text: str) -> bool:
         """Whether ``text`` holds an identifier, a date or a UID."""
         folded = _fold(text)
         if _UID.search(folded) or _MONTH_DATE.search(folded):
             return True
-        if any(window in self.dates or _calendar(numbers) for window, numbers in _number_windows(folded)):
+        if any(_calendar(numbers) or self._has("t", window) for window, numbers in _number_windows(folded)):
             return True
         digits = set(_DIGITS.findall(folded)) | set(_DIGITS.findall(_JOINED_DIGITS.sub("", folded)))
         runs = _ALNUM.findall(folded)
-        if self.letters & set(_LETTERS.findall(folded)) or self.digits & digits or self.mixed & set(runs):
+        words = (
+            {("l", w) for w in _LETTERS.findall(folded) if len(w) >= 2}
+            | {("n", d) for d in digits if len(d) >= 4}
+            | {("m", r) for r in runs if len(r) >= 2}
+        )
+        if any(self._has(kind, word) for kind, word in words):
             return True
         compact = "".join(runs)
         return any(
-            compact.startswith(candidate, i)
+            self._has(f"c{length}", compact[i : i + length])
             for i in range(len(compact) - 3)
-            for candidate in self._compact.get(compact[i : i + 4], ())
+            if self._has("p", compact[i : i + 4])
+            for length in self._lengths
+            if i + length <= len(compact)
         )
 
 

@@ -8,7 +8,9 @@ sequences are absent: absent channels are zero on the way in and stay exactly ze
 The cached images are z-scored inside the brain and zero outside it (``umbif preprocess``), so by
 default (``keep_background``) voxels that are exactly 0 are treated as background and stay 0 too.
 
-Order: random crop → flips → gamma and bias field → per-sequence scale and shift → Gaussian noise.
+Order: random crop → flips → gamma and bias field → per-sequence scale and shift → Gaussian noise. Pretraining
+cuts its crops in the loader (:mod:`umbif.train.views`, with the box arithmetic of :func:`crop_starts`) and runs
+the rest here with ``crop=None``.
 
 Gamma and the bias field need positive intensities, which z-scored data are not: both are applied to
 a copy rescaled to [0, 1] per exam and sequence (min and max over the foreground) and mapped back
@@ -94,6 +96,45 @@ def _happens(batch: int, p: float, generator: torch.Generator | None) -> torch.T
     return _uniform((batch,), 0.0, 1.0, generator) < p
 
 
+def crop_starts(
+    draws: torch.Tensor,
+    grid: tuple[int, ...],
+    size: tuple[int, int, int],
+    centres: torch.Tensor | None = None,
+    jitter: int = 0,
+) -> list[list[int]]:
+    """The first voxel of a box of ``size`` in ``grid``, per box, from uniform draws.
+
+    Pure: the same draws give the same boxes wherever they are made (the loader's worker or the device).
+
+    Args:
+        draws: ``[B, 3]`` uniform numbers in ``[0, 1)``, one per box and axis.
+        grid: the image size per spatial axis.
+        size: the box size per spatial axis, at most ``grid``.
+        centres: optional ``[B, 3]`` voxel coordinates (e.g. of each exam's tumour): the box is centred
+            there, moved by a whole number of voxels in ``[-jitter, jitter]`` per axis (from the draws), and
+            shifted back inside the grid where it would stick out. A box of at least ``extent + 2 * jitter + 1``
+            voxels per axis then holds a whole object of that extent centred at ``centres``.
+        jitter: see ``centres``.
+
+    Returns:
+        ``B`` lists ``[x, y, z]``.
+    """
+    if any(c > s for c, s in zip(size, grid, strict=True)):
+        raise ValueError(f"crop {tuple(size)} is larger than the image grid {tuple(grid)}; lower AugmentConfig.crop")
+    room = torch.tensor([s - c + 1 for s, c in zip(grid, size, strict=True)], dtype=torch.float64)
+    draws = draws.double().cpu()  # [B, 3]
+    if centres is None:
+        return (draws * room).floor().long().tolist()
+    if jitter < 0 or tuple(centres.shape) != tuple(draws.shape):
+        raise ValueError(f"centres must be [B, 3] = [{draws.shape[0]}, 3] and jitter >= 0, got "
+                         f"{list(centres.shape)} and {jitter}")  # fmt: skip
+    offset = (draws * (2 * jitter + 1)).floor() - jitter  # [B, 3] whole voxels in [-jitter, jitter]
+    half = (torch.tensor(size, dtype=torch.float64) - 1) / 2
+    starts = (centres.double().cpu() - half + offset).floor()
+    return torch.minimum(starts.clamp_min(0), room - 1).long().tolist()
+
+
 def random_crop(
     images: torch.Tensor,
     size: tuple[int, int, int],
@@ -107,30 +148,13 @@ def random_crop(
         images: ``[B, C, X, Y, Z]``.
         size: crop size per spatial axis, at most the image size.
         generator: source of the box positions.
-        centres: optional ``[B, 3]`` voxel coordinates (e.g. of each exam's tumour): the box is centred
-            there, moved by a random whole number of voxels in ``[-jitter, jitter]`` per axis, and shifted
-            back inside the grid where it would stick out. A box of at least ``extent + 2 * jitter + 1``
-            voxels per axis then holds a whole object of that extent centred at ``centres``.
-        jitter: see ``centres``.
+        centres, jitter: boxes centred on these ``[B, 3]`` voxels, give or take ``jitter`` (see :func:`crop_starts`).
 
     Returns:
         ``[B, C, *size]``, a copy.
     """
-    spatial = images.shape[2:]
-    if any(c > s for c, s in zip(size, spatial, strict=True)):
-        raise ValueError(f"crop {tuple(size)} is larger than the image grid {tuple(spatial)}; lower AugmentConfig.crop")
-    room = torch.tensor([s - c + 1 for s, c in zip(spatial, size, strict=True)], dtype=torch.float64)
-    draws = _uniform((images.shape[0], 3), 0.0, 1.0, generator).double().cpu()  # [B, 3], the same stream either way
-    if centres is None:
-        starts = (draws * room).floor().long().tolist()
-    else:
-        if jitter < 0 or tuple(centres.shape) != (images.shape[0], 3):
-            raise ValueError(f"centres must be [B, 3] = [{images.shape[0]}, 3] and jitter >= 0, got "
-                             f"{list(centres.shape)} and {jitter}")  # fmt: skip
-        offset = (draws * (2 * jitter + 1)).floor() - jitter  # [B, 3] whole voxels in [-jitter, jitter]
-        half = (torch.tensor(size, dtype=torch.float64) - 1) / 2
-        starts = (centres.double().cpu() - half + offset).floor()
-        starts = torch.minimum(starts.clamp_min(0), room - 1).long().tolist()
+    draws = _uniform((images.shape[0], 3), 0.0, 1.0, generator)  # [B, 3], the same stream on any device
+    starts = crop_starts(draws, tuple(images.shape[2:]), size, centres, jitter)
     # slicing views per exam and one stack is cheaper and clearer than a gather over index grids
     cx, cy, cz = size
     boxes = zip(images, starts, strict=True)
@@ -218,20 +242,3 @@ def augment(
         x = x + std[:, None, None, None, None] * noise
 
     return torch.where(keep, x, 0.0)
-
-
-def two_views(
-    images: torch.Tensor,
-    present: torch.Tensor,
-    config: AugmentConfig,
-    generator: torch.Generator | None = None,
-    centres: torch.Tensor | None = None,
-    jitter: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent augmentations (different crops, flips, intensities) of each exam, for the
-    contrastive objective. Shapes as in :func:`augment` (with ``centres``, both boxes are jittered
-    independently around the same centre)."""
-    return (
-        augment(images, present, config, generator, centres, jitter),
-        augment(images, present, config, generator, centres, jitter),
-    )

@@ -21,6 +21,7 @@ JSON: a NaN or an infinity in a state (ReduceLROnPlateau's ``best``) is stored a
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import secrets
 import shutil
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +138,7 @@ def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
         scalars[str(index)] = {}
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"state.{index}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
             else:
                 scalars[str(index)][key] = value
     info = {"class": type(optimizer).__name__, "param_groups": state_dict["param_groups"], "state": scalars}
@@ -244,8 +246,42 @@ def _step_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted((step, p) for step, p in found if (p / "state.json").is_file())
 
 
-def save_checkpoint(
-    run_dir: str | Path,
+@dataclass(frozen=True)
+class Snapshot:
+    """A checkpoint held in CPU memory, taken by :func:`capture_checkpoint`, put on disk by :func:`write_checkpoint`."""
+
+    step: int
+    model: dict[str, torch.Tensor]  # CPU copies of the state dict; tied tensors share one copy
+    optimizer: dict[str, torch.Tensor] | None  # optimiser state tensors (state.<index>.<key>)
+    rng: dict[str, torch.Tensor]
+    state: dict[str, Any]  # state.json, less its provenance (added when written)
+
+
+class _Weights(nn.Module):
+    """A state dict dressed as a module, for ``safetensors.torch.save_model`` (which stores tied tensors once)."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.weights = weights
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return dict(self.weights)
+
+
+def _cpu_copies(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached CPU copies (never the live tensors, even on the CPU); names that view the same memory (tied
+    weights) share one copy, so that the saved file still stores them once."""
+    copies: dict[tuple[Any, ...], torch.Tensor] = {}
+    out = {}
+    for name, tensor in tensors.items():
+        key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        if key not in copies:
+            copies[key] = tensor.detach().to("cpu", copy=True).contiguous()
+        out[name] = copies[key]
+    return out
+
+
+def capture_checkpoint(
     step: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
@@ -255,25 +291,35 @@ def save_checkpoint(
     config: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     generators: Mapping[str, torch.Generator] | None = None,
-    keep: int | None = 3,
-) -> Path:
-    """Write ``RUN/checkpoints/step_<step>/`` atomically, point ``latest`` at it, keep the newest ``keep``.
+) -> Snapshot:
+    """Copy everything a checkpoint holds into CPU memory, as it is now: call it on the training thread between
+    two steps; training may go on at once while :func:`write_checkpoint` writes the copy (in another thread).
+    Arguments as in :func:`save_checkpoint`."""
+    optimizer_tensors, optimizer_info = _optimizer_split(optimizer) if optimizer is not None else (None, None)
+    rng_tensors, rng_info = _rng_split(capture_rng_states(generators))
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "config": copy.deepcopy(config),
+        "extra": copy.deepcopy(dict(extra or {})),
+        "optimizer": copy.deepcopy(optimizer_info),
+        "scheduler": copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
+        "scaler": copy.deepcopy(scaler.state_dict()) if scaler is not None else None,
+        "rng": rng_info,
+    }
+    return Snapshot(
+        step=step,
+        model=_cpu_copies(unwrap(model).state_dict()),
+        optimizer=optimizer_tensors,
+        rng={k: v.contiguous() for k, v in rng_tensors.items()},
+        state=state,
+    )
 
-    Call it on the main rank only, after ``step`` optimiser steps. The global RNG states of this process
-    and the named generators are saved as they are at the call.
 
-    Args:
-        run_dir: the run folder.
-        step: optimiser steps done so far; names the folder.
-        model: the model (DDP and ``torch.compile`` wrappers are unwrapped).
-        optimizer, scheduler: saved when given.
-        scaler: the AMP ``GradScaler`` of float16 training (its loss scale is part of the state).
-        config: the resolved run config (JSON-serialisable); :func:`load_checkpoint` compares it.
-        extra: anything else JSON-serialisable the loop needs to resume: epoch, position in the epoch,
-            the data fingerprint.
-        generators: named generators whose state is saved, e.g. ``{"augment": generator}``.
-        keep: how many checkpoints to keep (older ones are deleted); ``None`` keeps all. Folders of later
-            steps (from a run that was resumed from an earlier checkpoint) are left alone.
+def write_checkpoint(run_dir: str | Path, snapshot: Snapshot, keep: int | None = 3) -> Path:
+    """Write ``RUN/checkpoints/step_<step>/`` from a :class:`Snapshot` atomically, point ``latest`` at it, keep the
+    newest ``keep`` (see :func:`save_checkpoint`). Safe to run in a background thread while training goes on.
 
     Returns:
         The checkpoint folder.
@@ -286,28 +332,16 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     remove_stale_temps(root / LATEST)
 
+    step = snapshot.step
     name = f"step_{step:06d}"
-    rng_tensors, rng_info = _rng_split(capture_rng_states(generators))
-    state: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "step": step,
-        "config": config,
-        "extra": dict(extra or {}),
-        "provenance": provenance(),
-        "optimizer": None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng_info,
-    }
+    state = {**snapshot.state, "provenance": provenance()}
     tmp = root / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
     try:
-        save_model(unwrap(model), str(tmp / "model.safetensors"), force_contiguous=True)
-        if optimizer is not None:
-            optimizer_tensors, state["optimizer"] = _optimizer_split(optimizer)
-            save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
-        save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
+        save_model(_Weights(snapshot.model), str(tmp / "model.safetensors"), force_contiguous=True)
+        if snapshot.optimizer is not None:
+            save_file(snapshot.optimizer, str(tmp / "optimizer.safetensors"))
+        save_file(snapshot.rng, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(_json_text(state, "the checkpoint state (config, extra or scheduler)"))
         for path in [*tmp.iterdir(), tmp]:
             _fsync(path)
@@ -330,6 +364,48 @@ def save_checkpoint(
         for path in older[:-keep]:
             shutil.rmtree(path, ignore_errors=True)
     return final
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+    keep: int | None = 3,
+) -> Path:
+    """Write ``RUN/checkpoints/step_<step>/`` atomically, point ``latest`` at it, keep the newest ``keep``:
+    :func:`capture_checkpoint` then :func:`write_checkpoint`, on this thread.
+
+    Call it on the main rank only, after ``step`` optimiser steps. The global RNG states of this process
+    and the named generators are saved as they are at the call.
+
+    Args:
+        run_dir: the run folder.
+        step: optimiser steps done so far; names the folder.
+        model: the model (DDP and ``torch.compile`` wrappers are unwrapped).
+        optimizer, scheduler: saved when given.
+        scaler: the AMP ``GradScaler`` of float16 training (its loss scale is part of the state).
+        config: the resolved run config (JSON-serialisable); :func:`load_checkpoint` compares it.
+        extra: anything else JSON-serialisable the loop needs to resume: epoch, position in the epoch,
+            the data fingerprint.
+        generators: named generators whose state is saved, e.g. ``{"augment": generator}``.
+        keep: how many checkpoints to keep (older ones are deleted); ``None`` keeps all. Folders of later
+            steps (from a run that was resumed from an earlier checkpoint) are left alone.
+
+    Returns:
+        The checkpoint folder.
+    """
+    if keep is not None and keep < 1:
+        raise ValueError(f"keep must be at least 1 (or None to keep all), got {keep}")
+    snapshot = capture_checkpoint(step, model, optimizer, scheduler, scaler=scaler, config=config, extra=extra,
+                                  generators=generators)  # fmt: skip
+    return write_checkpoint(run_dir, snapshot, keep)
 
 
 # --- loading ----------------------------------------------------------------------------------------------

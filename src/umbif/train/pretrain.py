@@ -1,12 +1,15 @@
 """``umbif pretrain``: hybrid self-supervised pretraining of UMBIF on an exam cache.
 
-One process by default; the same code under ``torchrun --nproc_per_node N`` runs DistributedDataParallel
-(the lines marked ``# DDP``). Read top to bottom: config, data, model and optimiser, resume, the loop.
+One process by default; the same code under ``torchrun --nproc_per_node N`` (or ``srun``, one task per GPU) runs
+DistributedDataParallel (the lines marked ``# DDP``). Read top to bottom: config, data, resume, model and
+optimiser, the loop.
 
-Exact resume: everything random is either saved in the checkpoint (global RNGs, the training generator
-that draws augmentations and masks, optimiser and scheduler state, the contrastive queue) or derived
-from the step (which batches come next: epoch = step // steps per epoch, reshuffled from ``seed + epoch``),
-so a run killed and resumed reaches the same weights as one that never stopped.
+Exact resume: nothing random is carried from step to step. The exams of a step and their crops follow from
+``(seed, epoch, position)``, the device-side augmentations and masks from ``(seed, step, chunk)``
+(:mod:`umbif.train.views`); the checkpoint holds the weights, the optimiser and scheduler state and the
+contrastive queue. So a run killed and resumed reaches the same weights as one that never stopped, and a run
+resumed on another number of processes (same global batch, through accumulation) sees the same batches.
+Cluster life (``--resume-mode auto``, SIGUSR1/SIGTERM, asynchronous checkpoints) is in :mod:`umbif.train.lifecycle`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -30,22 +33,35 @@ from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
 from umbif.models.umbif import PRESETS, ModelConfig, UMBIFPretrainer, count_parameters
 from umbif.provenance import provenance
-from umbif.train.augment import AugmentConfig, augment, two_views
-from umbif.train.checkpoint import DEFAULT_IGNORE, latest_checkpoint, load_checkpoint, save_checkpoint
+from umbif.train.augment import AugmentConfig, augment
+from umbif.train.checkpoint import DEFAULT_IGNORE, check_compatible, load_checkpoint, read_state
 from umbif.train.device import autocast_dtype
 from umbif.train.distributed import (
     DistInfo,
     all_gather_with_grad,
+    any_rank,
     cleanup,
+    from_main,
     init_distributed,
-    make_loader,
     reduce_mean,
+)
+from umbif.train.lifecycle import (
+    AsyncCheckpointer,
+    Preempted,
+    ResumeMode,
+    StopSignal,
+    find_checkpoint,
+    fit_global_batch,
 )
 from umbif.train.logging import MetricsLogger
 from umbif.train.schedule import warmup_cosine
+from umbif.train.views import CropDataset, DataPlan, crop_loader, derived_seed, step_batches
 from umbif.utils import write_json
 
 CROP = (64, 64, 64)  # default model input: random crops of the cached 96^3 exams
+DATA_ORDER = "global"  # checkpoints record it: the data order of umbif.train.views (earlier runs cannot continue)
+# settings a resume may change: the accumulation follows the global batch (fit_global_batch), the rest is bookkeeping
+RESUME_IGNORE = (*DEFAULT_IGNORE, "warmup_steps", "preview_every", "accum_steps", "prefetch_factor")
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +70,8 @@ class PretrainConfig(FrozenConfig):
 
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(image_size=CROP))
     augment: AugmentConfig = Field(default_factory=AugmentConfig)  # its crop is the model's image_size
-    batch_size: int = 8  # exams per step and rank (before accumulation)
-    accum_steps: int = 1  # micro-batches per optimiser step
+    batch_size: int = 8  # exams per micro-batch and rank (global batch: batch_size * accum_steps * ranks)
+    accum_steps: int = 1  # micro-batches per optimiser step (chosen on resume to keep the checkpoint's global batch)
     total_steps: int = 2000  # optimiser steps
     warmup_steps: int = 100  # linear warm-up, then cosine decay
     lr: float = 1.5e-4  # peak learning rate (per global batch of batch_size * accum_steps * ranks)
@@ -64,12 +80,14 @@ class PretrainConfig(FrozenConfig):
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW (MAE's)
     clip_grad: float = 1.0  # max global gradient norm; 0 = off
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast where the device supports it
-    seed: int = 0
+    seed: int = 0  # non-negative; with the global batch it decides every exam, crop, augmentation and mask
     log_every: int = 10  # steps between metric lines
     checkpoint_every: int = 200  # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 3  # older ones are deleted
     preview_every: int = 500  # steps between reconstruction previews (0: only at the end)
-    num_workers: int = 0  # data loader processes per rank
+    num_workers: int = 0  # loader processes per rank that cut the crops (0: the training process)
+    prefetch_factor: int = 2  # reads each loader process prepares ahead (with num_workers > 0)
+    views_per_read: int = 1  # view pairs cut from one read of an exam, for as many consecutive steps
     crop: Literal["random", "tumour"] = "random"  # tumour: boxes centred on each exam's segmented tumour (SSL-Cerebral)
     crop_jitter: int = 8  # tumour crops: the box centre moves up to this many voxels per axis, per view
 
@@ -90,10 +108,13 @@ class PretrainConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _positive(self) -> PretrainConfig:
-        if min(self.batch_size, self.accum_steps, self.total_steps, self.log_every, self.checkpoint_every) < 1:
-            raise ValueError("batch_size, accum_steps, total_steps, log_every and checkpoint_every must be >= 1")
-        if self.crop_jitter < 0:
-            raise ValueError(f"crop_jitter must not be negative, got {self.crop_jitter}")
+        counts = (self.batch_size, self.accum_steps, self.total_steps, self.log_every, self.checkpoint_every,
+                  self.prefetch_factor, self.views_per_read)  # fmt: skip
+        if min(counts) < 1:
+            raise ValueError("batch_size, accum_steps, total_steps, log_every, checkpoint_every, prefetch_factor and "
+                             "views_per_read must be >= 1")  # fmt: skip
+        if min(self.crop_jitter, self.num_workers, self.seed) < 0:
+            raise ValueError("crop_jitter, num_workers and seed must not be negative")
         return self
 
     @classmethod
@@ -117,16 +138,6 @@ class PretrainConfig(FrozenConfig):
         if self.crop == "random":
             del data["crop"], data["crop_jitter"]
         return data
-
-
-def batches(loader, start: int) -> Iterator[dict[str, Any]]:
-    """Batches from global position ``start`` (counted in micro-batches) on, across epochs."""
-    per_epoch = loader.sampler.num_samples // loader.batch_size
-    epoch, within = divmod(start, per_epoch)
-    while True:
-        loader.sampler.set_epoch(epoch, start=within * loader.batch_size)
-        yield from loader
-        epoch, within = epoch + 1, 0
 
 
 def other_ranks(z: torch.Tensor) -> torch.Tensor:
@@ -176,7 +187,7 @@ def pretrain(
     run_dir: str | Path,
     config: PretrainConfig,
     exam_ids: list[str] | None = None,
-    resume: bool = False,
+    resume: bool | ResumeMode = False,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Pretrain UMBIF on the exams of a cache.
@@ -186,7 +197,8 @@ def pretrain(
             least ``model.image_size``.
         run_dir: where checkpoints, metrics.jsonl, previews and config.json go.
         exam_ids: train on these exams only (e.g. a manifest's); default every cached exam.
-        resume: continue from the run's latest checkpoint (error if there is none).
+        resume: ``"auto"`` continues the run's latest checkpoint if there is one and starts otherwise; ``"yes"``
+            (True) continues it (error if there is none); ``"no"`` (False) starts (error if the folder holds a run).
         on_step: called on rank 0 after every optimiser step with (step, total, losses).
 
     Returns:
@@ -194,15 +206,16 @@ def pretrain(
         with ``crop="tumour"`` also ``"skipped_without_tumour"`` (exams left out: no segmented tumour).
 
     Raises:
-        ValueError: too few exams for one batch, a cache grid smaller than the model input, or a
-            checkpoint made with other settings.
+        ValueError: too few exams for one global batch, a cache grid smaller than the model input, a
+            checkpoint made with other settings or on other exams, or a global batch the processes cannot make up.
+        Preempted: SIGUSR1 or SIGTERM reached a rank; every rank stopped after the same step, checkpointed.
     """
     run_dir = Path(run_dir)
-    info: DistInfo = init_distributed()  # DDP: reads torchrun's environment; one process otherwise
+    info: DistInfo = init_distributed()  # DDP: reads torchrun's (or Slurm's) environment; one process otherwise
     is_main = info.rank == 0
-    torch.manual_seed(config.seed + info.rank)
+    torch.manual_seed(config.seed + info.rank)  # the model's initial weights (DDP copies rank 0's)
 
-    # ---- data
+    # ---- data: the exams (crops are cut from them in the loader, below)
     dataset = CacheDataset(cache, exam_ids=sorted(exam_ids) if exam_ids is not None else None)
     dataset.entries.sort(key=lambda entry: entry["exam_id"])  # batches do not depend on manifest row order
     if not len(dataset):
@@ -219,46 +232,58 @@ def pretrain(
     grid = tuple(first["image"].shape[1:])
     if any(g < s for g, s in zip(grid, config.model.image_size, strict=True)):
         raise ValueError(f"the cache grid {grid} is smaller than the model input {config.model.image_size}")
-    loader = make_loader(dataset, config.batch_size, info, seed=config.seed, num_workers=config.num_workers)
-    if loader.sampler.num_samples < config.batch_size:
+    fingerprint = data_fingerprint(dataset.cache.fingerprint, [e["exam_id"] for e in dataset.entries])
+
+    # ---- resume: which checkpoint, and the accumulation that keeps its global batch at this world size
+    checkpoint = from_main(find_checkpoint(run_dir, resume))  # DDP: every rank takes rank 0's checkpoint
+    saved = read_state(checkpoint) if checkpoint is not None else {"extra": {}}
+    if checkpoint is not None:
+        if saved["extra"].get("data_order") != DATA_ORDER:
+            raise ValueError(f"{checkpoint} was made by an earlier umbif whose batches depended on the number of "
+                             "processes; finish it with that version, or start a new run folder")  # fmt: skip
+        check_compatible(saved["config"], config.to_dict(), RESUME_IGNORE)
+        accum = fit_global_batch(saved["extra"], config.batch_size, info.world_size, checkpoint)
+        if accum != config.accum_steps:
+            log.warning("%s: global batch %d kept at %d processes with %d accumulation steps (was %d)",
+                        checkpoint, saved["extra"]["global_batch"], info.world_size, accum,
+                        saved["extra"]["accum_steps"])  # fmt: skip
+            config = config.model_copy(update={"accum_steps": accum})
+    plan = DataPlan(len(dataset), config.batch_size, config.accum_steps, info.world_size, config.views_per_read,
+                    config.seed)  # fmt: skip
+    if plan.steps_per_epoch == 0:
         raise ValueError(
-            f"{len(dataset)} exams cannot fill one batch of {config.batch_size} on each of {info.world_size} "
-            "processes; lower --batch-size"
+            f"{len(dataset)} exams cannot fill one global batch of {plan.global_batch} (batch_size "
+            f"{config.batch_size} x accum_steps {config.accum_steps} x {info.world_size} processes); lower --batch-size"
         )
 
     # ---- model, optimiser, schedule
     model = UMBIFPretrainer(config.model).to(info.device)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
     scheduler = warmup_cosine(optimizer, config.warmup_steps, config.total_steps, config.min_lr_ratio)
-    generator = torch.Generator(device=info.device).manual_seed(config.seed * 1000 + info.rank)  # views + masks
-    fingerprint = data_fingerprint(dataset.cache.fingerprint, [e["exam_id"] for e in dataset.entries])
-
     step = 0
-    if resume:
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise ValueError(f"{run_dir} has no checkpoint to resume from; start without --resume")
-        # the saved RNG states are rank 0's: other ranks reseed from the step (reproducible, and a
-        # single-process resume stays bitwise exact)
-        state = load_checkpoint(
-            checkpoint, model, optimizer, scheduler, generators={"train": generator} if is_main else None,
-            config=config.to_dict(), ignore=(*DEFAULT_IGNORE, "warmup_steps", "preview_every"), restore_rng=is_main,
-        )  # fmt: skip
-        if state.get("extra", {}).get("data_fingerprint") not in (None, fingerprint):
+    if checkpoint is not None:  # the saved RNG states are rank 0's; nothing in the loop draws from them
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, config=config.to_dict(),
+                                ignore=RESUME_IGNORE, restore_rng=is_main)  # fmt: skip
+        if saved["extra"].get("data_fingerprint") != fingerprint:
             raise ValueError(f"{checkpoint} was trained on other exams (data fingerprint differs)")
         step = int(state["step"])
-        if not is_main:  # DDP
-            torch.manual_seed(config.seed + info.rank + 7919 * step)
-            generator.manual_seed(config.seed * 1000 + info.rank + 7919 * step)
-    elif is_main and latest_checkpoint(run_dir) is not None:
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    record = {"data_fingerprint": fingerprint, "data_order": DATA_ORDER, "world_size": info.world_size,
+              "global_batch": plan.global_batch, "batch_size": config.batch_size,
+              "accum_steps": config.accum_steps}  # fmt: skip
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        record = {"config": config.to_dict(), "data_fingerprint": fingerprint, "exams": len(dataset)}
+        described = {"config": config.to_dict(), "exams": len(dataset), **record}
         if centres is not None:
-            record["skipped_without_tumour"] = skipped
-        write_json(run_dir / "config.json", {**provenance(seed=config.seed), **record})
+            described["skipped_without_tumour"] = skipped
+        write_json(run_dir / "config.json", {**provenance(seed=config.seed), **described})
 
+    pair = 1 if config.model.objective == "mae" else 2  # crops per view pair
+    views = CropDataset(dataset, config.model.image_size, config.views_per_read, pair, config.seed, centres,
+                        config.crop_jitter)  # fmt: skip
+    loader = crop_loader(views, plan, info, step, config.num_workers, config.prefetch_factor)
+    stream = step_batches(loader, plan, step)  # per step: this rank's micro-batches of float16 crops
+    on_device = config.augment.model_copy(update={"crop": None})  # flips, intensities, noise: on the batch's device
+    generator = torch.Generator(device=info.device)  # reseeded per micro-batch from (seed, step, chunk)
     ddp_model = model
     if info.world_size > 1:  # DDP
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -267,62 +292,55 @@ def pretrain(
     gather = other_ranks if info.world_size > 1 else None  # DDP: negatives from every rank
     amp = autocast_dtype(config.amp, info.device)
     logger = MetricsLogger(run_dir, is_main, resume_step=step)
-    stream = batches(loader, step * config.accum_steps)
     preview_exam = {"image": first["image"][None], "present": first["present"][None]}  # a batch of one
 
     # ---- the loop
-    start, last = time.time(), {}
+    start, last, stop = time.time(), {}, False
     model.train()
-    while step < config.total_steps:
-        totals = {"loss": 0.0, "loss_rec": 0.0, "loss_con": 0.0}
-        for micro in range(config.accum_steps):
-            batch = next(stream)
-            images = batch["image"].to(info.device, non_blocking=True)  # [B, S, X, Y, Z] float16: cropped first
-            present = batch["present"].to(info.device)  # [B, S]
-            boxes = torch.stack([centres[e] for e in batch["exam_id"]]) if centres is not None else None  # [B, 3]
-            crop = {"centres": boxes, "jitter": config.crop_jitter}
-            if config.model.objective == "mae":
-                view1, view2 = augment(images, present, config.augment, generator, **crop), None
-            else:
-                view1, view2 = two_views(images, present, config.augment, generator, **crop)
-            sync = micro == config.accum_steps - 1 or info.world_size == 1
-            context = ddp_model.no_sync() if not sync else nullcontext()  # DDP: all-reduce once per step
-            with context, torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = ddp_model(view1, view2, present, generator=generator, gather_negatives=gather)
-                (out["loss"] / config.accum_steps).backward()
-            for key in totals:
-                totals[key] += float(out[key].detach()) / config.accum_steps
-        if config.clip_grad > 0:
-            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+    with StopSignal() as signals, AsyncCheckpointer(run_dir, config.keep_checkpoints) as checkpointer:
+        while step < config.total_steps and not stop:
+            totals = {"loss": 0.0, "loss_rec": 0.0, "loss_con": 0.0}
+            for micro, batch in enumerate(next(stream)):
+                generator.manual_seed(derived_seed(config.seed, step, plan.chunk(micro, info.rank)))
+                crops = batch["image"].to(info.device, non_blocking=True)  # [B, V, S, X, Y, Z] float16
+                present = batch["present"].to(info.device)  # [B, S]
+                view1 = augment(crops[:, 0], present, on_device, generator)  # [B, S, X, Y, Z] float32
+                view2 = augment(crops[:, 1], present, on_device, generator) if crops.shape[1] > 1 else None
+                sync = micro == config.accum_steps - 1 or info.world_size == 1
+                context = ddp_model.no_sync() if not sync else nullcontext()  # DDP: all-reduce once per step
+                with context, torch.autocast(info.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    out = ddp_model(view1, view2, present, generator=generator, gather_negatives=gather)
+                    (out["loss"] / config.accum_steps).backward()
+                for key in totals:
+                    totals[key] += float(out[key].detach()) / config.accum_steps
+            if config.clip_grad > 0:
+                totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
 
-        if info.world_size > 1:  # DDP: report the mean over ranks
-            totals = {k: float(reduce_mean(torch.tensor(v, device=info.device))) for k, v in totals.items()}
-        if not all(math.isfinite(v) for v in totals.values()):
-            raise FloatingPointError(f"step {step}: loss is not finite ({totals}); lower --lr or use --amp off")
-        last = {**totals, "lr": scheduler.get_last_lr()[0]}
-        if is_main and (step % config.log_every == 0 or step == config.total_steps):
-            logger.log(step, {**last, "exams_per_s": _rate(step, start, config, info)})
-        if step % config.checkpoint_every == 0 or step == config.total_steps:
-            if is_main:
-                save_checkpoint(
-                    run_dir, step, model, optimizer, scheduler, config=config.to_dict(),
-                    extra={"data_fingerprint": fingerprint}, generators={"train": generator},
-                    keep=config.keep_checkpoints,
-                )  # fmt: skip
-            if info.world_size > 1:  # DDP: nobody runs ahead of the checkpoint
-                dist.barrier()
-        if is_main and config.model.objective != "contrastive" and _preview_due(step, config):
-            _preview(model, preview_exam, run_dir / "previews" / f"step_{step:06d}.png", info.device, config.seed)
-        if is_main and on_step is not None:
-            on_step(step, config.total_steps, last)
+            if info.world_size > 1:  # DDP: report the mean over ranks
+                totals = {k: float(reduce_mean(torch.tensor(v, device=info.device))) for k, v in totals.items()}
+            if not all(math.isfinite(v) for v in totals.values()):
+                raise FloatingPointError(f"step {step}: loss is not finite ({totals}); lower --lr or use --amp off")
+            last = {**totals, "lr": scheduler.get_last_lr()[0]}
+            if is_main and (step % config.log_every == 0 or step == config.total_steps):
+                logger.log(step, {**last, "exams_per_s": _rate(step, start, config, info)})
+            stop = any_rank(signals.requested, info.device)  # DDP: a signal to any rank stops all after this step
+            if is_main and (step % config.checkpoint_every == 0 or step == config.total_steps or stop):
+                checkpointer.save(step, model, optimizer, scheduler, config=config.to_dict(), extra=record)
+            if is_main and config.model.objective != "contrastive" and _preview_due(step, config):
+                _preview(model, preview_exam, run_dir / "previews" / f"step_{step:06d}.png", info.device, config.seed)
+            if is_main and on_step is not None:
+                on_step(step, config.total_steps, last)
+    stream.close()  # ends the loader's workers
     logger.close()
-    if info.world_size > 1:  # DDP: leave together, after rank 0's last preview; a live group at exit can abort
+    if info.world_size > 1:  # DDP: leave together, after rank 0's last checkpoint; a live group at exit can abort
         dist.barrier()
         cleanup()
+    if stop and step < config.total_steps:  # a signal during the last step changes nothing: the run is done
+        raise Preempted(step, signals.name or "a signal to another rank", checkpointer.last)
     done = {**last, "step": step, "seconds": time.time() - start, "run_dir": str(run_dir), "exams": len(dataset)}
     return done | ({"skipped_without_tumour": skipped} if centres is not None else {})
 

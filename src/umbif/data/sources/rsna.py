@@ -218,8 +218,8 @@ def _case(
         if not headers:
             problems.append(f"{name}: no readable Image-N.dcm file; {sequence} left out")
             continue
-        if len({h.series_uid for h in headers}) > 1:
-            problems.append(f"{name}: files of {len({h.series_uid for h in headers})} series; {sequence} left out")
+        if len(series := {h.identity.series_uid for h in headers}) > 1:
+            problems.append(f"{name}: files of {len(series)} series; {sequence} left out")
             continue
         try:
             convert(headers, target)
