@@ -47,6 +47,20 @@ def test_rerun_reuses_every_stage(demo_dir: Path) -> None:
     assert set(document["methods"]) == set(PROFILES["quick"]["methods"])
 
 
+def test_the_control_is_in_every_profile_and_threads_are_pinned_and_recorded(
+    demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    assert all("umbif-random-probe" in profile(name).methods for name in PROFILES)
+    assert json.loads((demo_dir / "demo.json").read_text())["threads"] == 2
+    seen: list[int] = []
+    monkeypatch.setattr("umbif.demo._run_stages", lambda *args: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    run_demo(demo_dir, profile("quick", threads=1))
+    assert seen == [1] and torch.get_num_threads() == before  # pinned while it runs, restored after
+
+
 def test_profiles_are_checked() -> None:
     with pytest.raises(ValueError, match="unknown demo profile 'huge'"):
         profile("huge")

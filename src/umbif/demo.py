@@ -57,6 +57,7 @@ class DemoProfile(FrozenConfig):
     cnn_input: int = 32  # CNN input edge (voxels; the cache grid is resampled to it)
     methods: tuple[str, ...] = (
         "umbif-probe",
+        "umbif-random-probe",  # the control: the same architecture and probe, untrained weights
         "umbif-finetune",
         "umbif-mae-probe",
         "umbif-contrastive-probe",
@@ -68,6 +69,7 @@ class DemoProfile(FrozenConfig):
         "cnn-resnet18",
     )
     seed: int = 0
+    threads: int = Field(default=2, ge=1)  # torch threads, pinned: training is bitwise reproducible only at one count
     workers: int = 2  # processes for synth and preprocess
     extra: dict[str, Any] = Field(default_factory=dict)  # free-form notes saved with the profile
 
@@ -92,6 +94,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "cnn_input": 32,
         "methods": (
             "umbif-probe",
+            "umbif-random-probe",
             "umbif-finetune",
             "umbif-mae-probe",
             "ssl-cerebral-probe",
@@ -119,7 +122,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "finetune_epochs": 30,
         "cnn_epochs": 30,
         "cnn_input": 96,
-        "methods": (*DemoProfile().methods, "umbif-mae-finetune", "ssl-imagenet-finetune", "cnn-densenet121"),
+        "methods": (
+            *DemoProfile().methods,
+            "umbif-random-finetune",
+            "umbif-mae-finetune",
+            "ssl-imagenet-finetune",
+            "cnn-densenet121",
+        ),
     },
 }
 
@@ -181,9 +190,29 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole demo into ``out_dir``; returns the benchmark's metrics document plus ``stages``.
 
+    Torch runs on ``threads`` threads throughout (restored afterwards): pretraining is bitwise
+    reproducible only at a fixed thread count, so the same profile gives the same table on any machine.
+
     Example:
         >>> run_demo("work/demo", profile("quick"))                                     # doctest: +SKIP
     """
+    import torch
+
+    p = settings or profile()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(p.threads)
+    try:
+        return _run_stages(Path(out_dir), p, on_stage, on_progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_stages(
+    out_dir: Path,
+    p: DemoProfile,
+    on_stage: Callable[[str], None] | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
     from umbif.config import PreprocessConfig, SynthConfig
     from umbif.data.cache import Cache, run_preprocess
     from umbif.data.manifest import Manifest
@@ -191,8 +220,6 @@ def run_demo(
     from umbif.eval.evaluate import EvaluateConfig
     from umbif.eval.methods import benchmark, encoders_of
 
-    p = settings or profile()
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = on_stage or (lambda text: None)
     stages = Stages(out_dir, say)

@@ -14,6 +14,9 @@ OutOption = Annotated[Path, typer.Option("--out", help="Folder for everything th
 QuickOption = Annotated[bool, typer.Option("--quick", help="Smallest run: a smoke test (about a minute).")]
 FullOption = Annotated[bool, typer.Option("--full", help="A larger run, meant for a GPU.")]
 WorkersOption = Annotated[int, typer.Option(help="Processes for generating and preprocessing.")]
+ThreadsOption = Annotated[
+    int, typer.Option(help="Torch threads, pinned and recorded in OUT/demo.json: the same table needs the same count.")
+]
 
 
 def demo(
@@ -21,20 +24,22 @@ def demo(
     quick: QuickOption = False,
     full: FullOption = False,
     workers: WorkersOption = 2,
+    threads: ThreadsOption = 2,
 ) -> None:
     """The main job in one command, on the embedded synthetic cohort.
 
     Generates a synthetic multi-site glioma cohort, preprocesses it, pretrains UMBIF (hybrid) and
     its ablations plus the SSL-ImageNet and SSL-Cerebral baselines at a small size, adapts and
     evaluates every method (UMBIF probe and fine-tune, radiomics + classical ML, a 3D CNN from
-    scratch) on the same patient-level folds, and writes OUT/benchmark/report/report.html. About 9
-    minutes on 2 CPU cores; rerunning reuses every finished stage.
+    scratch, and the untrained-architecture control `umbif-random-probe`) on the same patient-level
+    folds, and writes OUT/benchmark/report/report.html. About 9 minutes on 2 CPU cores; rerunning
+    reuses every finished stage.
     """
     from umbif.demo import profile, run_demo
 
     if quick and full:
         fail("choose --quick or --full, not both")
-    settings = profile("quick" if quick else "full" if full else "default", workers=workers)
+    settings = profile("quick" if quick else "full" if full else "default", workers=workers, threads=threads)
     try:
         with progress_bar("demo") as bar:
             document = run_demo(out_dir, settings, on_stage=bar.stage, on_progress=bar.update)
