@@ -118,7 +118,7 @@ class Cohort:
 
     def exam_ids(self) -> list[str]:
         """Every exam the samples of all tasks need (follow-ups and baselines), sorted."""
-        return exams_of(self.samples)
+        return sorted({e for f in self.samples.values() for e in (*f["exam_id"], *f["baseline_exam_id"]) if e})
 
 
 def build_cohort(table: pd.DataFrame, cached: Iterable[str], tasks: Iterable[str], min_per_class: int) -> Cohort:
@@ -152,11 +152,6 @@ def build_cohort(table: pd.DataFrame, cached: Iterable[str], tasks: Iterable[str
     if not samples:
         raise ValueError("no task has enough labelled, cached exams to evaluate; " + "; ".join(notes[-4:]))
     return Cohort(samples, notes)
-
-
-def exams_of(samples: Mapping[str, pd.DataFrame]) -> list[str]:
-    """Every exam the samples of all tasks need (follow-ups and baselines), sorted."""
-    return sorted({e for f in samples.values() for e in (*f["exam_id"], *f["baseline_exam_id"]) if e})
 
 
 # ----------------------------------------------------------------------------- items
