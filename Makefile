@@ -33,7 +33,7 @@ test: lint
 	$(BIN)/pytest -q
 
 # The main job in one command: synthetic cohort -> cache -> pretraining (UMBIF + SSL baselines) ->
-# every method on the same folds -> work/demo/benchmark/report/report.html (about 9 min on 2 CPU cores).
+# every method on the same folds -> work/demo/benchmark/report/report.html (sized for 15 min on 2 CPU cores).
 demo: venv
 	$(BIN)/umbif demo --out $(DEMO)
 

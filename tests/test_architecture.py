@@ -24,7 +24,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("umbif.predict", "umbif.demo"),  # applications of everything below
     ("umbif.commands", "umbif.cli", "umbif.__main__"),  # the command line
 )
-HARNESS = ("umbif.eval.evaluate", "umbif.eval.splits", "umbif.eval.summary", "umbif.eval.report")
+HARNESS = (
+    "umbif.eval.evaluate",
+    "umbif.eval.splits",
+    "umbif.eval.summary",
+    "umbif.eval.report",
+    "umbif.eval.permutation",
+    "umbif.eval.forest",
+)
 METHOD_PACKAGES = ("umbif.adapt", "umbif.baselines", "umbif.train")
 CACHE_LAYOUT = ("plan.json", "index.json", "EXAMS_DIR", "entry_paths", ".image.npy", ".masks.npy", '["files"]')
 MAX_LINES = 600

@@ -246,3 +246,32 @@ def test_store_note_names_its_inputs(features: pd.DataFrame, cohort: TinyCohort,
     assert (
         document["plan"]["plan_fingerprint"] == json.loads((cohort.cache / "plan.json").read_text())["plan_fingerprint"]
     )
+
+
+@pytest.mark.parametrize("percentile", [10, 100])
+def test_fixed_lr_scorer_refits_the_chosen_pipeline(percentile: int) -> None:
+    """With the true labels it reproduces the fitted pipeline (selection redone per label vector); a
+    shuffled label vector gets the pipeline refitted on those labels."""
+    from sklearn.linear_model import LogisticRegression
+
+    from umbif.baselines.radiomics import fixed_lr_scorer
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 40)) * rng.uniform(0.5, 20, 40)
+    X[rng.uniform(size=X.shape) < 0.05] = np.nan  # imputed
+    y = np.array([0, 1] * 25)
+    X[:, 3] += 2 * y
+    clf = RadiomicsClassifier("lr", inner_folds=3).fit(X[:40], y[:40])
+    tol = LogisticRegression(tol=1e-10, max_iter=10_000, class_weight="balanced")
+    pipeline = clf.pipeline_.set_params(select__percentile=percentile, model=tol.set_params(C=0.1))
+    shuffled = rng.permutation(y[:40])
+    scores = fixed_lr_scorer(pipeline.fit(X[:40], y[:40]), X[:40], X[40:])(np.stack([y[:40], shuffled]))
+    np.testing.assert_allclose(scores[0], pipeline.decision_function(X[40:]), atol=1e-5)
+    np.testing.assert_allclose(scores[1], clone(pipeline).fit(X[:40], shuffled).decision_function(X[40:]), atol=1e-5)
+
+
+def test_only_radiomics_lr_has_a_permutation_test(features: pd.DataFrame) -> None:
+    assert RadiomicsMethod(features, "lr").permutation_unavailable is None
+    assert "only radiomics-lr" in RadiomicsMethod(features, "rf").permutation_unavailable
+    with pytest.raises(ValueError, match="radiomics-svm: only radiomics-lr"):
+        RadiomicsMethod(features, "svm").permutation_scorer({}, {})

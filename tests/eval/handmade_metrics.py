@@ -1,7 +1,8 @@
 """A realistic ``metrics.json`` built by hand per the shared schema (no evaluation code involved):
-3 methods x 4 tasks x k-fold and leave-one-site-out, per-site rows, DeLong comparisons against
-``umbif-probe``, and the nulls real runs produce (AUC and sensitivity undefined at a site without
-positives, a method without a recorded wall time)."""
+4 methods (the headline ``umbif-probe``, two baselines, its untrained control) x 4 tasks x k-fold
+and leave-one-site-out, per-site rows, DeLong comparisons against ``umbif-probe``, and the nulls
+real runs produce (AUC and sensitivity undefined at a site without positives, a method without a
+recorded wall time)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score, roc_curve
 
-METHODS = {"umbif-probe": 1.6, "radiomics-lr": 1.0, "cnn-resnet18": 0.6}  # class separation of their scores
+# class separation of each method's scores
+METHODS = {"umbif-probe": 1.6, "radiomics-lr": 1.0, "cnn-resnet18": 0.6, "umbif-random-probe": 0.3}
 TASK_SIZES = {"outcome": 48, "idh": 64, "mgmt": 56, "codeletion_1p19q": 30}
 SITES = ("site-A", "site-B", "site-C", "site-D")
 
@@ -130,6 +132,7 @@ def handmade_metrics() -> dict[str, Any]:
             "umbif-probe": {"description": "UMBIF encoder, frozen, linear probe", "wall_time_s": 12.5},
             "radiomics-lr": {"description": "radiomics features + logistic regression", "wall_time_s": 3.25},
             "cnn-resnet18": {"description": "3D ResNet-18 from scratch", "wall_time_s": None},
+            "umbif-random-probe": {"description": "UMBIF architecture, untrained, linear probe", "wall_time_s": 9.0},
         },
         "reference_method": "umbif-probe",
         "results": results,

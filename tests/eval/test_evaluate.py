@@ -25,7 +25,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> TinyCohort:
     return build(tmp_path_factory.mktemp("cohort"), patients=24, sites=3)
 
 
-CONFIG = EvaluateConfig(tasks=("idh", "mgmt", "outcome"), folds=3, n_bootstrap=200, inner_folds=3)
+# the harness on CLS embeddings: this cohort has no segmentations (the lesion readout is tested in test_methods)
+CONFIG = EvaluateConfig(tasks=("idh", "mgmt", "outcome"), folds=3, n_bootstrap=200, inner_folds=3, readout="cls")
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +190,69 @@ def test_a_method_can_score_fewer_samples(cohort: TinyCohort, tmp_path: Path) ->
     n = {r["method"]: r["n_samples"] for r in document["results"]}
     assert n == {"partial": 23, "recorder": 24}
     assert "note: P000 has no tumour mask" in stages
+
+
+def test_permutation_p_values_are_stored_in_the_metrics_and_reused(
+    run: tuple[Path, dict], cohort: TinyCohort, tmp_path: Path
+) -> None:
+    import shutil
+
+    run_dir, document = tmp_path / "run", run[1]
+    shutil.copytree(run[0], run_dir)  # the shared run stays as it was
+    stored = json.loads((run_dir / "predictions" / "umbif-probe" / "permutation.json").read_text())
+    assert (stored["n_permutations"], stored["scheme"], stored["repeat"], stored["reason"]) == (200, "kfold", 0, None)
+    for result in document["results"]:
+        entry = stored["tasks"][result["task"]]
+        if result["scheme"] == "loso":
+            assert result["p_permutation"] is None and result["n_permutations"] is None
+            continue
+        assert result["n_permutations"] == 200 == len(entry["null_auc"])
+        assert result["p_permutation"] == pytest.approx(entry["p_value"], abs=1e-6)
+        assert result["null_auc_sd"] == pytest.approx(np.std(entry["null_auc"], ddof=1), abs=1e-5)
+    p = {r["task"]: r["p_permutation"] for r in document["results"] if r["scheme"] == "kfold"}
+    assert p["idh"] < 0.01  # the planted signal is far outside the null
+    card = json.loads((run_dir / "predictions" / "umbif-probe.json").read_text())
+    assert card["permutation"]["n_permutations"] == 200 and card["permutation"]["p_value"]["idh"] == p["idh"]
+    # a rerun reuses the test; another number of shuffles redoes the test only (the predictions stay)
+    before = (run_dir / "predictions" / "umbif-probe" / "permutation.json").stat().st_mtime_ns
+    stages: list[str] = []
+    args = (cohort.manifest.table, cohort.cache, run_dir, ["umbif-probe"], {"umbif": cohort.encoder})
+    benchmark(*args, CONFIG, on_stage=stages.append)
+    assert (run_dir / "predictions" / "umbif-probe" / "permutation.json").stat().st_mtime_ns == before
+    assert not any("permutation" in s for s in stages)
+    fewer = benchmark(*args, CONFIG.model_copy(update={"permutations": 20}), on_stage=stages.append)
+    assert "umbif-probe: label-permutation test (20 shuffles, k-fold repeat 0)" in stages
+    assert not any("cross-validation" in s for s in stages)
+    assert {r["n_permutations"] for r in fewer["results"] if r["scheme"] == "kfold"} == {20}
+    off = benchmark(*args, CONFIG.model_copy(update={"permutations": 0}))
+    assert all(r["p_permutation"] is None for r in off["results"])
+
+
+@dataclass
+class Capped(Recorder):
+    """A method without a permutation scorer, run with fewer k-fold repeats."""
+
+    name: str = "capped"
+
+
+def test_max_repeats_and_methods_without_a_permutation_test(cohort: TinyCohort, tmp_path: Path) -> None:
+    from umbif.eval.evaluate import MethodSpec, run_evaluation
+    from umbif.eval.permutation import NO_SCORER
+
+    config = EvaluateConfig(tasks=("idh",), folds=3, repeats=3, loso=False, n_bootstrap=20, permutations=10)
+    specs = [MethodSpec("capped", lambda ctx: Capped(), max_repeats=1), MethodSpec("recorder", lambda ctx: Recorder())]
+    document = run_evaluation(cohort.manifest.table, cohort.cache, tmp_path, specs, config, reference_method="recorder")
+    results = {r["method"]: r for r in document["results"]}
+    assert results["capped"]["repeats"] == 1 and results["recorder"]["repeats"] == 3
+    assert results["capped"]["comparison"]["repeats"] == 1  # DeLong on the repeats both have
+    predictions = pd.read_csv(tmp_path / "predictions" / "capped.csv")
+    assert set(predictions["repeat"]) == {0}
+    card = json.loads((tmp_path / "predictions" / "capped.json").read_text())
+    assert card["settings"]["max_repeats"] == 1 and "permutations" not in card["settings"]["evaluate"]
+    assert card["permutation"]["reason"] == NO_SCORER and card["permutation"]["p_value"] == {}
+    assert all(r["p_permutation"] is None for r in document["results"])
+    notes = document["methods"]["capped"]["notes"]
+    assert any("first 1 of 3 repeats" in n for n in notes) and f"no label-permutation p-value: {NO_SCORER}" in notes
+    assert document["methods"]["recorder"]["notes"] == [f"no label-permutation p-value: {NO_SCORER}"]
+    with pytest.raises(ValueError, match="max_repeats must be 1 or more"):
+        MethodSpec("bad", lambda ctx: Recorder(), max_repeats=0)

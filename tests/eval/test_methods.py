@@ -36,6 +36,18 @@ def test_method_names_become_specs(cohort: TinyCohort, second_encoder: Path) -> 
     assert {"radiomics-lr", "cnn-resnet18", "cnn-densenet121"} <= set(BASELINES)
 
 
+def test_expensive_methods_run_one_k_fold_repeat(cohort: TinyCohort) -> None:
+    names = ["umbif-probe", "umbif-random-probe", "umbif-finetune", "umbif-random-finetune"]
+    specs = method_specs([*names, *BASELINES], {"umbif": cohort.encoder})
+    capped = {s.name for s in specs if s.max_repeats == 1}
+    assert capped == {"umbif-finetune", "umbif-random-finetune", "radiomics-rf", "cnn-resnet18", "cnn-densenet121"}
+    assert all(s.max_repeats is None for s in specs if s.name not in capped)
+    config = EvaluateConfig(repeats=5)
+    finetune = next(s for s in specs if s.name == "umbif-finetune")
+    assert finetune.stored_settings(config)["max_repeats"] == 1
+    assert "max_repeats" not in finetune.stored_settings(EvaluateConfig(repeats=1))  # no cap in effect
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [("magic", "unknown method 'magic'; choose umbif-probe, umbif-finetune"), ("ssl-probe", "--encoder ssl=DIR")],
@@ -57,6 +69,7 @@ def test_methods_side_by_side_and_resumed(cohort: TinyCohort, second_encoder: Pa
     assert rows[("umbif-probe", "idh")]["comparison"] is None  # the reference itself
     comparison = rows[("radiomics-lr", "idh")]["comparison"]
     assert comparison["against"] == "umbif-probe" and 0.0 <= comparison["p_value"] <= 1.0
+    assert all(0 < r["p_permutation"] <= 1 and r["n_permutations"] == 200 for r in rows.values())  # radiomics-lr too
     stages: list[str] = []
     again = benchmark(cohort.manifest.table, cohort.cache, tmp_path, methods, encoders, config, on_stage=stages.append)
     assert sum("already complete" in s for s in stages) == 3
@@ -100,3 +113,24 @@ def test_random_init_control_is_the_same_architecture_untrained(cohort: TinyCoho
     other = load_file(untrained_encoder(cohort.encoder, tmp_path / "other", seed=4) / ENCODER_FILE)
     assert all(torch.equal(twin[k], weights[k]) for k in weights)  # the seed decides the weights
     assert not torch.equal(other["patch_embed.0.weight"], weights["patch_embed.0.weight"])
+
+
+def test_probes_read_encoders_out_as_they_were_pretrained(cohort: TinyCohort, tmp_path: Path) -> None:
+    encoders = {"umbif": cohort.encoder, "ssl-cerebral": cohort.encoder}
+    names = ["umbif-probe", "umbif-random-probe", "ssl-cerebral-probe", "ssl-cerebral-random-probe"]
+    specs = {s.name: s for s in method_specs(names, encoders)}
+    assert {n: s.settings["readout"] for n, s in specs.items()} == {
+        "umbif-probe": "lesion",
+        "umbif-random-probe": "lesion",  # the control gets the same readout
+        "ssl-cerebral-probe": "tumour-crop",  # embedded the way it was pretrained
+        "ssl-cerebral-random-probe": "tumour-crop",
+    }
+    assert method_specs(["umbif-probe"], encoders, readout="cls")[0].settings["readout"] == "cls"
+    config = EvaluateConfig(tasks=("idh",), folds=3, loso=False, n_bootstrap=50, inner_folds=3, permutations=20)
+    document = benchmark(
+        cohort.manifest.table, cohort.cache, tmp_path, ["umbif-probe", "lesion-sizes"], encoders, config
+    )
+    rows = {r["method"]: r for r in document["results"]}
+    assert set(rows) == {"umbif-probe", "lesion-sizes"} and rows["lesion-sizes"]["n_permutations"] == 20
+    stores = sorted(p.name for p in (tmp_path / "embeddings").glob("*.npz"))
+    assert len(stores) == 1 and stores[0].endswith("-lesion.npz")

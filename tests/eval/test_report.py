@@ -1,11 +1,13 @@
 """The evaluation report: the HTML rendered by a real browser (Debian chromium, headless) shows the
-numbers of metrics.json, embeds its plots and fetches nothing; the Markdown agrees; odd and partial
-inputs render; bad inputs fail with a message that says what to do; the `umbif report` command."""
+numbers of metrics.json, the forest plot (loaded) and its verdict above every table, embeds its plots
+and fetches nothing; the Markdown agrees; odd and partial inputs render; bad inputs fail with a
+message that says what to do; the `umbif report` command."""
 
 from __future__ import annotations
 
 import base64
 import copy
+import html
 import io
 import itertools
 import json
@@ -92,6 +94,7 @@ def _attr_value(text: str) -> float | None:
 def _check_metric_cells(cells: list[dict[str, Any]], document: dict[str, Any], metrics: tuple[str, ...]) -> None:
     """Every result x metric has exactly one cell, and its attributes and text equal the JSON."""
     names = ("data-method", "data-task", "data-scheme", "data-metric")
+    cells = [c for c in cells if c["attrs"]["data-metric"] in metrics]  # not the permutation p column
     by_key = {tuple(c["attrs"][n] for n in names): c for c in cells}
     assert len(by_key) == len(cells) == len(document["results"]) * len(metrics)
     for result in document["results"]:
@@ -168,7 +171,30 @@ def browser(report: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     subprocess.run(
         [*command, "--window-size=1280,1600", f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True
     )
-    return {"dom": dom.stdout, "page": _Page(dom.stdout), "screenshot": shot}
+    probed = profile / "probed.html"  # the page plus a script that reports what the browser laid out
+    probed.write_text(report["html"].read_text().replace("</body>", f"{_PROBE}</body>"))
+    probe = subprocess.run(
+        [*command, "--window-size=1280,1600", "--dump-dom", probed.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    found = re.search(r'data-probe="([^"]*)"', probe.stdout)
+    assert found, "the probe script did not run"
+    laid_out = json.loads(html.unescape(found.group(1)))
+    return {"dom": dom.stdout, "page": _Page(dom.stdout), "screenshot": shot, "layout": laid_out}
+
+
+_PROBE = """<script>addEventListener("load", () => {
+  const forest = document.getElementById("forest"), table = document.querySelector("table");
+  const verdict = document.getElementById("verdict");
+  document.body.setAttribute("data-probe", JSON.stringify({
+    complete: forest.complete, naturalWidth: forest.naturalWidth, naturalHeight: forest.naturalHeight,
+    width: forest.getBoundingClientRect().width, forestTop: forest.getBoundingClientRect().top,
+    verdictTop: verdict.getBoundingClientRect().top, tableTop: table.getBoundingClientRect().top,
+    firstImage: document.images[0] === forest}));
+});</script>"""
 
 
 # ---------------------------------------------------------------------------------------- browser
@@ -184,7 +210,7 @@ def test_browser_images_are_embedded_pngs_and_nothing_is_fetched(
 ) -> None:
     page = browser["page"]
     tasks_x_schemes = len({(r["task"], r["scheme"]) for r in metrics_template["results"]})
-    assert len(page.images) == 2 * tasks_x_schemes  # ROC + reliability per task and scheme
+    assert len(page.images) == 1 + 2 * tasks_x_schemes  # the forest plot, ROC + reliability per task and scheme
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         data = base64.b64decode(src.split(",", 1)[1], validate=True)
@@ -193,6 +219,33 @@ def test_browser_images_are_embedded_pngs_and_nothing_is_fetched(
     assert not re.search(r"https?:", browser["dom"], re.IGNORECASE)
     assert not any(v.lstrip().startswith("//") for v in page.attribute_values)  # protocol-relative links
     assert not page.tags & {"script", "link", "iframe", "object", "embed"}
+
+
+def test_browser_shows_the_loaded_forest_plot_and_verdict_above_every_table(
+    browser: dict[str, Any], metrics_template: dict[str, Any]
+) -> None:
+    layout = browser["layout"]
+    assert layout["complete"] and layout["naturalWidth"] > 0 and layout["naturalHeight"] > 0  # decoded, not broken
+    assert layout["firstImage"] and layout["width"] > 600  # the first image, drawn wide
+    assert layout["forestTop"] < layout["verdictTop"] < layout["tableTop"]  # plot, then verdict, then the tables
+    assert layout["forestTop"] < 1600  # in the first screenful
+    dom = browser["dom"]
+    assert dom.index('id="forest"') < dom.index("<table")
+    # The verdict per task, against the document: helped iff higher AUC and the control's DeLong p < 0.05.
+    results = {(r["method"], r["task"]): r for r in metrics_template["results"] if r["scheme"] == "kfold"}
+    spans = dict(re.findall(r'<span data-task="([^"]+)" data-verdict="([^"]+)">', dom))
+    assert set(spans) == {t for _, t in results}
+    for task, shown in spans.items():
+        ours, control = results[("umbif-probe", task)], results[("umbif-random-probe", task)]
+        helped = (
+            ours["metrics"]["auc"]["value"] > control["metrics"]["auc"]["value"]
+            and control["comparison"]["p_value"] < 0.05
+        )
+        assert shown == ("helped" if helped else "did-not-help")
+    with Image.open(browser["screenshot"]) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=int)
+    red = np.abs(pixels - np.array([0xC0, 0x39, 0x2B])).sum(axis=2) < 30  # the headline's colour
+    assert red.sum() > 100  # its markers and bars are on screen
 
 
 def test_browser_screenshot_is_not_blank(browser: dict[str, Any]) -> None:
@@ -252,7 +305,7 @@ def test_files_written_and_plots_are_the_embedded_ones(
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # and no temporary files left
     embedded = set(_Page(report["html"].read_text()).images)
     for key, path in plots.items():
-        assert path.stem == key and key.split("_", 1)[0] in ("roc", "reliability")
+        assert path.stem == key and key.split("_", 1)[0] in ("forest", "roc", "reliability")
         assert "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode() in embedded
 
 
@@ -276,7 +329,7 @@ def test_markdown_main_tables_equal_json(
     measured = [row for row in rows if (row[1], row[0]) in results]
     assert len(measured) == len(results)
     for task, method, _, *texts in measured:
-        for metric, text in zip(MAIN, texts, strict=True):
+        for metric, text in zip(MAIN, texts[: len(MAIN)], strict=True):
             _check_estimate(text, results[(method, task)]["metrics"][metric])
     published = [row for row in rows if row[1].startswith("published UMBIF")]
     assert len(published) == len(metrics_template["reference"])
@@ -325,10 +378,10 @@ def test_partial_methods_and_one_scheme(metrics_doc: dict[str, Any], tmp_path: P
     )
     page, markdown = _rendered(document, tmp_path)
     _check_metric_cells([c for c in page.cells if c["table"] == "main" and "data-method" in c["attrs"]], document, MAIN)
-    assert len(page.images) == 4  # two tasks, one scheme
+    assert len(page.images) == 1 + 4  # the forest plot of the only scheme; two tasks
     assert "k-fold" not in markdown and "Leave-one-site-out" in markdown
     assert sorted(p.name for p in (tmp_path / "report").glob("*.png")) == sorted(
-        f"{kind}_loso_{task}.png" for kind in ("roc", "reliability") for task in ("idh", "mgmt")
+        ["forest.png", *(f"{kind}_loso_{task}.png" for kind in ("roc", "reliability") for task in ("idh", "mgmt"))]
     )
 
 
@@ -339,6 +392,9 @@ def test_rewrite_removes_plots_of_dropped_results(metrics_doc: dict[str, Any], t
     write_report(tmp_path, _subset(document, lambda r: r["scheme"] == "loso"))
     assert not list((tmp_path / "report").glob("*_kfold_*.png"))
     assert not list((tmp_path / "report").glob(".*.tmp"))
+    assert (tmp_path / "report/forest.png").is_file()
+    write_report(tmp_path, {"format": "umbif-metrics", "version": 1})  # no results: no plot at all
+    assert not list((tmp_path / "report").glob("*.png"))
 
 
 def test_all_null_metrics_and_empty_curves(metrics_doc: dict[str, Any], tmp_path: Path) -> None:
@@ -403,7 +459,7 @@ def test_cli_writes_report_and_prints_paths(metrics_doc: dict[str, Any], save_me
     assert result.exit_code == 0, result.output
     printed = [Path(line) for line in result.stdout.splitlines()]
     assert printed[0] == run_dir / "report" / "report.html"
-    assert len(printed) == 3 + 4 and all(p.is_file() for p in printed)
+    assert len(printed) == 3 + 1 + 4 and all(p.is_file() for p in printed)  # forest, ROC/reliability of k-fold/LOSO
     assert _invoke("report", str(run_dir / "metrics.json")).exit_code == 0  # the file itself is accepted too
 
 
@@ -441,5 +497,5 @@ def test_renders_what_the_summary_writes(tmp_path: Path) -> None:
     written = json.loads((tmp_path / "metrics.json").read_text())
     page = _Page(paths["html"].read_text())
     _check_metric_cells([c for c in page.cells if c["table"] == "main" and "data-method" in c["attrs"]], written, MAIN)
-    assert len(page.images) == 2 * 2 * 2
+    assert len(page.images) == 1 + 2 * 2 * 2
     assert len([c for c in page.cells if c["table"] == "delong" and "data-metric" in c["attrs"]]) == 4 * 4

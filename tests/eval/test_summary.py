@@ -25,6 +25,7 @@ METHODS = ("umbif-probe", "radiomics-lr")
 RESULT_KEYS = {
     "method", "task", "scheme", "n_samples", "n_patients", "n_positive", "repeats", "folds",
     "metrics", "roc", "reliability", "per_site", "comparison",
+    "p_permutation", "n_permutations", "null_auc_mean", "null_auc_sd",
 }  # fmt: skip
 
 
@@ -75,7 +76,7 @@ def test_document_follows_the_schema_and_is_strict_json(tmp_path: Path) -> None:
     assert document["format"] == "umbif-metrics" and document["version"] == 1
     assert document["bootstrap"] == {"n": 200, "level": 0.95, "unit": "patient", "seed": 0}
     assert document["reference"] == REFERENCE and document["oracle_auc"] == {}
-    assert document["methods"]["radiomics-lr"] == {"description": "radiomics-lr test", "wall_time_s": 1.5}
+    assert document["methods"]["radiomics-lr"] == {"description": "radiomics-lr test", "wall_time_s": 1.5, "notes": []}
     results = document["results"]
     assert [(r["method"], r["task"], r["scheme"]) for r in results] == [
         (m, t, s) for m in METHODS for t in ("outcome", "idh") for s in ("kfold", "loso")
@@ -191,6 +192,44 @@ def test_comparison_is_delong_on_shared_samples_with_scores_averaged_over_repeat
         assert comparison["p_value"] == pytest.approx(delong_test(y, mean["radiomics-lr"], mean["umbif-probe"]))
     assert next(r for r in results if r["task"] == "idh" and r["method"] == "radiomics-lr")["comparison"]["n"] == 38
     assert all(r["comparison"] is None for r in summarize(predictions, n_bootstrap=10))
+
+
+def test_comparison_uses_the_repeats_both_methods_have() -> None:
+    """A method run with fewer k-fold repeats (max_repeats) is compared on its repeats only."""
+    predictions = _predictions(repeats=3, tasks=("idh",))
+    capped = (predictions["method"] == "radiomics-lr") & (predictions["repeat"] > 0)
+    predictions = predictions[~capped]
+    results = {
+        (r["method"], r["scheme"]): r for r in summarize(predictions, n_bootstrap=10, reference_method="umbif-probe")
+    }
+    assert results[("umbif-probe", "kfold")]["repeats"] == 3 and results[("radiomics-lr", "kfold")]["repeats"] == 1
+    comparison = results[("radiomics-lr", "kfold")]["comparison"]
+    first = predictions[(predictions["scheme"] == "kfold") & (predictions["repeat"] == 0)]
+    scores = first.pivot(index="sample_id", columns="method", values="score")
+    y = first.groupby("sample_id")["y"].first()[scores.index]
+    assert comparison["repeats"] == 1 and comparison["n"] == len(scores)
+    assert comparison["auc_against"] == pytest.approx(roc_auc_score(y, scores["umbif-probe"]))  # repeat 0 only
+    assert comparison["p_value"] == pytest.approx(delong_test(y, scores["radiomics-lr"], scores["umbif-probe"]))
+    assert results[("radiomics-lr", "loso")]["comparison"]["repeats"] == 1
+
+
+def test_permutation_p_value_judges_repeat_0_against_the_null() -> None:
+    predictions = _predictions(repeats=2, tasks=("idh", "outcome"))
+    null = np.random.default_rng(3).uniform(0.3, 0.8, 99)
+    document = _document(predictions, permutation_null={"umbif-probe": {"idh": null.tolist()}})
+    results = {(r["method"], r["task"], r["scheme"]): r for r in document["results"]}
+    first = predictions.query("method == 'umbif-probe' and task == 'idh' and scheme == 'kfold' and repeat == 0")
+    observed = roc_auc_score(first["y"], first["score"])
+    tested = results[("umbif-probe", "idh", "kfold")]
+    assert tested["p_permutation"] == pytest.approx((1 + np.sum(null >= observed)) / 100)
+    assert tested["n_permutations"] == 99
+    assert tested["null_auc_mean"] == pytest.approx(null.mean())
+    assert tested["null_auc_sd"] == pytest.approx(null.std(ddof=1))
+    untested = [("umbif-probe", "idh", "loso"), ("umbif-probe", "outcome", "kfold"), ("radiomics-lr", "idh", "kfold")]
+    for key in untested:  # leave-one-site-out, a task or a method without a permutation test
+        assert {k: results[key][k] for k in ("p_permutation", "n_permutations", "null_auc_mean")} == dict.fromkeys(
+            ("p_permutation", "n_permutations", "null_auc_mean")
+        )
 
 
 def test_undefined_values_are_null(tmp_path: Path) -> None:

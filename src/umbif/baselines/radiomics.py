@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_selection import SelectPercentile, VarianceThreshold, f_classif
@@ -62,7 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from umbif import SEQUENCES
 from umbif.adapt.classifier import pair_array
-from umbif.adapt.probe import inner_splits
+from umbif.adapt.probe import Scorer, fit_logistic_many, fold_key, inner_splits
 from umbif.config import read_yaml
 from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
@@ -475,6 +475,34 @@ class RadiomicsClassifier(ClassifierMixin, BaseEstimator):
         return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
 
 
+def fixed_lr_scorer(pipeline: Pipeline, X_train: np.ndarray, X_test: np.ndarray) -> Scorer:
+    """Permuted training labels ``[P, N]`` -> test log-odds ``[P, M]`` of a fitted radiomics-LR pipeline refitted
+    with its hyper-parameters fixed (no inner search, no threshold), for a label-permutation test.
+
+    Imputation, the variance filter and scaling need no labels: they stay as fitted on ``X_train``.
+    The univariate selection is redone for every label vector; the logistic regressions are solved
+    together (:func:`umbif.adapt.probe.fit_logistic_many`).
+    """
+    A, B = pipeline[:3].transform(X_train), pipeline[:3].transform(X_test)  # impute, variance, scale
+    select, model = pipeline.named_steps["select"], pipeline.named_steps["model"]
+
+    def score(Y: np.ndarray) -> np.ndarray:
+        with threadpool_limits(limits=1), np.errstate(divide="ignore", invalid="ignore"):
+            if select.percentile >= 100:  # every feature, whatever the labels
+                coef, intercept = fit_logistic_many(A, Y, model.C, model.class_weight)
+                return coef @ B.T + intercept[:, None]
+            # f_classif needs two classes; a one-class vector gets a constant score anyway, so any mask will do
+            labels = np.where((Y.min(1) < Y.max(1))[:, None], Y, np.arange(Y.shape[1]) % 2)
+            masks = np.stack([clone(select).fit(A, y).get_support() for y in labels])
+            columns = np.argsort(~masks, axis=1, kind="stable")[:, : masks.sum(1).max()]  # selected first, [P, K]
+            keep = np.take_along_axis(masks, columns, axis=1)  # False pads a row with fewer selected
+            train_p = (A[:, columns] * keep).transpose(1, 0, 2)  # [P, N, K]
+            coef, intercept = fit_logistic_many(train_p, Y, model.C, model.class_weight)
+            return np.einsum("mpk,pk->pm", B[:, columns] * keep, coef) + intercept[:, None]
+
+    return score
+
+
 @dataclass
 class RadiomicsMethod:
     """Radiomics features + a classical classifier per task (an ``umbif.eval.evaluate`` method).
@@ -496,6 +524,7 @@ class RadiomicsMethod:
     seed: int = 0
     name: str = field(init=False)
     description: str = field(init=False)
+    fitted: dict[tuple[str, tuple[str, ...]], Pipeline] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -516,13 +545,37 @@ class RadiomicsMethod:
         grid = GRIDS[self.model]
         return {"model": self.model, "grid": grid, "inner_folds": self.inner_folds, "seed": self.seed}
 
+    def _classifier(self, table: pd.DataFrame, task: str) -> RadiomicsClassifier:
+        clf = RadiomicsClassifier(self.model, inner_folds=self.inner_folds, seed=self.seed)
+        clf.fit(sample_features(self.features_table, table, task), table["y"].to_numpy(), table["patient_id"])
+        self.fitted[fold_key(task, table)] = clf.pipeline_
+        return clf
+
     def fit_predict(
         self, train: dict[str, pd.DataFrame], test: dict[str, pd.DataFrame]
     ) -> dict[str, tuple[np.ndarray, float]]:
         out = {}
         for task, table in train.items():
-            clf = RadiomicsClassifier(self.model, inner_folds=self.inner_folds, seed=self.seed)
-            clf.fit(sample_features(self.features_table, table, task), table["y"].to_numpy(), table["patient_id"])
+            clf = self._classifier(table, task)
             scores = clf.predict_proba(sample_features(self.features_table, test[task], task))[:, 1]
             out[task] = (scores, clf.threshold_)
+        return out
+
+    @property
+    def permutation_unavailable(self) -> str | None:
+        """Why this model has no label-permutation test (None for "lr", which refits cheaply)."""
+        if self.model == "lr":
+            return None
+        return f"only radiomics-lr refits cheaply; the {MODEL_NAMES[self.model]} would repeat its training per shuffle"
+
+    def permutation_scorer(self, train: dict[str, pd.DataFrame], test: dict[str, pd.DataFrame]) -> dict[str, Scorer]:
+        """Per task, :func:`fixed_lr_scorer` of the pipeline the real fit chose on this fold (refitted once on
+        the true labels when this session has not seen the fold); radiomics-lr only."""
+        if self.model != "lr":
+            raise ValueError(f"radiomics-{self.model}: {self.permutation_unavailable}")
+        out = {}
+        for task, table in train.items():
+            pipeline = self.fitted.get(fold_key(task, table)) or self._classifier(table, task).pipeline_
+            features = (sample_features(self.features_table, frame, task) for frame in (table, test[task]))
+            out[task] = fixed_lr_scorer(pipeline, *features)
         return out

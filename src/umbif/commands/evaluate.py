@@ -32,6 +32,16 @@ FoldsOption = Annotated[int, typer.Option(help="k of the patient-level stratifie
 RepeatsOption = Annotated[int, typer.Option(help="Repeats of the k-fold with other shuffles.")]
 LosoOption = Annotated[bool, typer.Option(help="Also leave-one-site-out.")]
 BootstrapOption = Annotated[int, typer.Option(help="Patient-level bootstrap replicates for the 95% CIs.")]
+PermutationsOption = Annotated[
+    int, typer.Option(help="Label shuffles (between patients) for the permutation p-value of each probe; 0: off.")
+]
+ReadoutOption = Annotated[
+    str,
+    typer.Option(
+        help="What a frozen encoder hands the probe: lesion (its tokens pooled in the tumour core and oedema of "
+        "the segmentation, plus the CLS token; exams without a segmentation use the mean of all tokens) or cls."
+    ),
+]
 AdaptationOption = Annotated[
     list[str] | None, typer.Option(help="probe (default; frozen encoder) and/or finetune. Repeat for both.")
 ]
@@ -71,6 +81,8 @@ def evaluate(
     bootstrap: BootstrapOption = 1000,
     seed: Annotated[int, typer.Option(help="Seeds folds, inner folds and bootstrap.")] = 0,
     finetune_config: FinetuneConfigOption = None,
+    permutations: PermutationsOption = 200,
+    readout: ReadoutOption = "lesion",
 ) -> None:
     """Cross-validate the encoder on the glioma tasks and write metrics and an HTML report.
 
@@ -82,6 +94,7 @@ def evaluate(
     kept). Open OUT/report/report.html when it is done.
     """
     settings = {"tasks": parse_tasks(tasks), "folds": folds, "repeats": repeats, "loso": loso, "seed": seed}
+    settings |= {"permutations": permutations, "readout": readout}
     document = _cross_validate(
         "evaluate",
         manifest,
@@ -114,6 +127,8 @@ def benchmark(
     bootstrap: BootstrapOption = 1000,
     seed: Annotated[int, typer.Option(help="Seeds folds, inner folds, training and bootstrap.")] = 0,
     reference: ReferenceOption = "umbif-probe",
+    permutations: PermutationsOption = 200,
+    readout: ReadoutOption = "lesion",
 ) -> None:
     """Cross-validate many methods on the same patient-level folds and report them side by side.
 
@@ -122,6 +137,7 @@ def benchmark(
     tests against --reference, the oracle AUC on synthetic cohorts and each method's wall time.
     """
     settings = {"tasks": parse_tasks(tasks), "folds": folds, "repeats": repeats, "loso": loso, "seed": seed}
+    settings |= {"permutations": permutations, "readout": readout}
     document = _cross_validate(
         "benchmark",
         manifest,

@@ -14,7 +14,7 @@ SeedOption = Annotated[int | None, typer.Option(help="Random seed; the same seed
 SpacingOption = Annotated[float | None, typer.Option(help="Base voxel size in mm (default 2; sites vary it).")]
 WorkersOption = Annotated[int, typer.Option(help="Processes rendering in parallel (output does not change).")]
 ConfigOption = Annotated[
-    Path | None, typer.Option(help="YAML with generator settings (see configs/synth.yaml); options win.")
+    Path | None, typer.Option(help="YAML or JSON of generator settings (see configs/synth.yaml); options win.")
 ]
 
 
@@ -40,11 +40,11 @@ def synth(
     Writes images/, manifest.csv (ready for `umbif preprocess`), ground_truth.csv and
     cohort_card.json/.md with the oracle AUC of every task: the best any model can reach here.
     """
-    from umbif.config import SynthConfig
     from umbif.data.synthetic.generate import generate
+    from umbif.data.synthetic.settings import load_config
 
     try:
-        settings = SynthConfig.from_options(config, exams=exams, seed=seed, sites=sites, spacing=spacing)
+        settings = load_config(config, exams=exams, seed=seed, sites=sites, spacing=spacing)
     except (ValueError, FileNotFoundError) as err:
         fail(f"bad settings: {err}")
     try:

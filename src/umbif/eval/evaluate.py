@@ -6,8 +6,9 @@ Data flow inside a run folder (each stage reusable alone, nnU-Net style)::
     splits.json                      patient-level folds (k-fold x repeats, leave-one-site-out), made once
     embeddings/                      frozen-encoder embeddings (umbif.adapt.embed)
     predictions/<method>/<fold>.csv  one file per finished fold: a killed run resumes at the next fold
+    predictions/<method>/permutation.json  the label-permutation null AUCs per task (umbif.eval.permutation)
     predictions/<method>.csv         all folds, PREDICTION_COLUMNS (written when the method is complete)
-    predictions/<method>.json        description, settings and wall time of the method
+    predictions/<method>.json        description, settings, wall time and notes of the method (its card)
     metrics.json                     umbif.eval.summary over every method's predictions
     report/                          umbif.eval.report (HTML, Markdown, JSON, PNG)
 
@@ -16,6 +17,14 @@ A *method* is anything with a ``name``, a ``description`` and
 knows no method: it gets :class:`MethodSpec` objects (a name, settings and a builder) and builds a
 method only when it has folds left to run. The registry of every method (UMBIF probe and fine-tuning,
 the baselines) is ``umbif.eval.methods``; every method is scored on identical folds.
+
+Repeated k-fold: ``EvaluateConfig.repeats`` shuffles; a spec may cap its own with ``max_repeats`` (an
+expensive method runs the first repeats only; leave-one-site-out is unchanged). Point values average
+the repeats a method has; DeLong comparisons use the repeats both methods have (``umbif.eval.summary``).
+
+Label-permutation p-values (``EvaluateConfig.permutations`` shuffles of the patients' labels, k-fold
+repeat 0) for the methods that offer a cheap refit (``permutation_scorer``); the others get a null
+p-value and say why in their card. A resumed run reuses the null AUCs already computed.
 """
 
 from __future__ import annotations
@@ -27,21 +36,25 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from umbif.config import FrozenConfig
 from umbif.data.cache import Cache
 from umbif.data.samples import TASKS, Cohort, build_cohort
+from umbif.eval.permutation import NO_SCORER, REPEAT, SCHEME, null_distribution, permutation_p_value
 from umbif.eval.splits import SCHEMES, fold_indices, load_splits, make_splits, patient_strata, save_splits
 from umbif.eval.summary import PREDICTION_COLUMNS
+from umbif.metrics import roc_auc
 from umbif.utils import atomic_write, check_component, csv_safe, csv_unescape, inside, write_json
 
 TEXT_COLUMNS: tuple[str, ...] = ("method", "task", "scheme", "sample_id", "patient_id", "site")  # read as text
 _NUMERIC_NA = {c: ["", "nan", "NaN"] for c in PREDICTION_COLUMNS if c not in TEXT_COLUMNS}  # missing numbers only
 Scores = dict[str, tuple[np.ndarray, float]]  # task -> (test scores aligned with the test rows, threshold)
+PERMUTATION_FILE = "permutation.json"  # in RUN/predictions/<method>/
 
 
 class Method(Protocol):
@@ -50,6 +63,11 @@ class Method(Protocol):
     A method that cannot score every sample (radiomics needs a segmented tumour) may also have
     ``usable_samples(samples) -> (samples, notes)``; it is then scored on those samples only, and
     compared with other methods on the samples both scored.
+
+    A method that can refit cheaply with the settings its real fit chose may have
+    ``permutation_scorer(train, test) -> {task: scorer}`` (``scorer(labels [B, N_train]) -> scores
+    [B, N_test]``) for the label-permutation test (:mod:`umbif.eval.permutation`); one whose
+    scorer does not apply to some settings says why in ``permutation_unavailable`` (text, else None).
     """
 
     name: str
@@ -70,6 +88,13 @@ class EvaluateConfig(FrozenConfig):
     min_per_class: int = 4  # a task needs at least this many patients in each class to be evaluated
     inner_folds: int = 5  # inner CV of the linear probe (regularisation and threshold)
     batch_size: int = 4  # exams per encoder forward pass when embedding
+    permutations: int = Field(default=200, ge=0)  # label shuffles of the permutation test (k-fold repeat 0); 0: off
+    # what a frozen encoder hands the probe: "lesion" (tokens pooled per tumour compartment + CLS) or "cls"
+    readout: Literal["lesion", "cls"] = "lesion"
+
+    def prediction_settings(self) -> dict[str, Any]:
+        """The settings the predictions depend on (saved with them): all but the permutation test's."""
+        return {k: v for k, v in self.to_dict().items() if k != "permutations"}
 
 
 def prepare_splits(run_dir: Path, cohort: Cohort, config: EvaluateConfig, splits_path: Path | None) -> dict:
@@ -93,6 +118,11 @@ def prepare_splits(run_dir: Path, cohort: Cohort, config: EvaluateConfig, splits
     )
     save_splits(splits, target)
     return splits
+
+
+def method_folder(run_dir: Path, name: str) -> Path:
+    """``RUN/predictions/<name>/``: the method's fold files and its permutation test."""
+    return inside(run_dir / "predictions", run_dir / "predictions" / check_component(name, "method name"))
 
 
 def _fold_file(folder: Path, scheme: str, repeat: int, fold: int) -> Path:
@@ -120,16 +150,22 @@ def run_method(
     settings: dict[str, Any] | None = None,
     on_fold: Callable[[int, int], None] | None = None,
     prepared_s: float = 0.0,
+    max_repeats: int | None = None,
 ) -> pd.DataFrame:
     """Cross-validate ``method`` on every fold of ``splits``; resumable fold by fold.
 
     Returns the method's predictions (PREDICTION_COLUMNS) and writes them to
     ``RUN/predictions/<method>.csv`` with ``<method>.json`` (description, settings, wall time:
     ``prepared_s``, e.g. embedding or feature extraction, plus the folds, over all sessions).
+    ``max_repeats``: run only the first repeats of k-fold (None: all; leave-one-site-out is one repeat).
     """
-    folder = inside(run_dir / "predictions", run_dir / "predictions" / check_component(method.name, "method name"))
+    folder = method_folder(run_dir, method.name)
     folder.mkdir(parents=True, exist_ok=True)
-    plan = fold_plan(splits, samples, schemes)
+    plan = [
+        step
+        for step in fold_plan(splits, samples, schemes)
+        if max_repeats is None or step[0] != "kfold" or step[1] < max_repeats
+    ]
     started, frames = time.perf_counter(), []
     previous = _read_json(run_dir / "predictions" / f"{method.name}.json").get("wall_time_s_partial", 0.0)
     previous += prepared_s
@@ -191,6 +227,78 @@ def _write_method_card(run_dir: Path, method: Method, settings: dict | None, sec
     card = {"name": method.name, "description": method.description, "settings": settings or {}, "complete": done}
     card["wall_time_s" if done else "wall_time_s_partial"] = round(seconds, 2)
     write_json(run_dir / "predictions" / f"{method.name}.json", card)
+
+
+def run_permutation_test(
+    method: Method,
+    samples: dict[str, pd.DataFrame],
+    splits: dict,
+    run_dir: Path,
+    predictions: pd.DataFrame,
+    n_permutations: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The label-permutation test of a cross-validated method on k-fold repeat 0 (:mod:`umbif.eval.permutation`).
+
+    Writes ``RUN/predictions/<method>/permutation.json`` (per task: observed AUC, the null AUCs, their
+    mean and SD, the p-value; or, for a method without ``permutation_scorer``, the reason) and adds its
+    summary to the method's card. Returns that document.
+    """
+    started = time.perf_counter()
+    document: dict[str, Any] = {
+        "format": "umbif-permutation",
+        "scheme": SCHEME,
+        "repeat": REPEAT,
+        "unit": "patient",
+        "n_permutations": n_permutations,
+        "seed": seed,
+        "reason": getattr(method, "permutation_unavailable", None),
+        "tasks": {},
+    }
+    if document["reason"] is None and not hasattr(method, "permutation_scorer"):
+        document["reason"] = NO_SCORER
+    if document["reason"] is None:
+        plan = fold_plan(splits, samples, (SCHEME,))
+        folds = [parts for scheme, repeat, _, parts in plan if repeat == REPEAT]
+        null = null_distribution(method, samples, folds, n_permutations, seed)
+        observed = observed_auc(predictions)
+        for task, values in null.items():
+            auc = observed.get(task)
+            document["tasks"][task] = {
+                "n": len(samples[task]),
+                "observed_auc": auc,
+                "p_value": permutation_p_value(auc, values),
+                "null_auc_mean": float(np.mean(values)),
+                "null_auc_sd": float(np.std(values, ddof=1)),
+                "null_auc": [float(v) for v in values],
+            }
+    document["wall_time_s"] = round(time.perf_counter() - started, 2)
+    write_json(method_folder(run_dir, method.name) / PERMUTATION_FILE, document)
+    card_path = run_dir / "predictions" / f"{method.name}.json"
+    card = _read_json(card_path)
+    card["permutation"] = {k: v for k, v in document.items() if k not in ("format", "tasks")} | {
+        "p_value": {task: entry["p_value"] for task, entry in document["tasks"].items()}
+    }
+    write_json(card_path, card)
+    return document
+
+
+def observed_auc(predictions: pd.DataFrame) -> dict[str, float | None]:
+    """Per task, the pooled out-of-fold AUC of k-fold repeat 0 (the statistic the permutation test judges)."""
+    rows = predictions[(predictions["scheme"] == SCHEME) & (predictions["repeat"] == REPEAT)]
+    out: dict[str, float | None] = {}
+    for task, frame in rows.groupby("task"):
+        auc = float(roc_auc(frame["y"].to_numpy(), frame["score"].to_numpy()))
+        out[str(task)] = auc if math.isfinite(auc) else None
+    return out
+
+
+def read_permutation_test(run_dir: Path, name: str, n_permutations: int, seed: int) -> dict[str, Any] | None:
+    """The permutation test stored for a method, if made with these settings (else None: to be redone)."""
+    document = _read_json(method_folder(run_dir, name) / PERMUTATION_FILE)
+    settings = {k: document.get(k) for k in ("n_permutations", "seed", "scheme", "repeat")}
+    wanted = {"n_permutations": n_permutations, "seed": seed, "scheme": SCHEME, "repeat": REPEAT}
+    return document if document and settings == wanted else None
 
 
 def finished_methods(run_dir: Path) -> dict[str, dict]:
@@ -270,12 +378,35 @@ class MethodSpec:
     """A method to run: its name, how to build it (only when it still has folds to run), its settings.
 
     The settings are saved with the predictions; a run folder that already holds the method with
-    other settings (another encoder, say) is refused instead of being mixed up.
+    other settings (another encoder, say) is refused instead of being mixed up. ``max_repeats`` caps
+    the k-fold repeats of an expensive method (None: all of ``EvaluateConfig.repeats``).
     """
 
     name: str
     build: Callable[[Context], Method]
     settings: dict[str, Any] = field(default_factory=dict)
+    max_repeats: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_repeats is not None and self.max_repeats < 1:
+            raise ValueError(f"method {self.name}: max_repeats must be 1 or more (None: all), not {self.max_repeats}")
+
+    def stored_settings(self, config: EvaluateConfig) -> dict[str, Any]:
+        """The settings saved with the predictions (as JSON reads them back): the evaluation's, the method's,
+        and the repeat cap where it applies."""
+        settings = {"evaluate": config.prediction_settings(), **self.settings}
+        if self.max_repeats is not None and self.max_repeats < config.repeats:
+            settings["max_repeats"] = self.max_repeats
+        return json.loads(json.dumps(settings))
+
+    def notes(self, config: EvaluateConfig) -> list[str]:
+        """What the report should say about how this method was run."""
+        if self.max_repeats is None or self.max_repeats >= config.repeats:
+            return []
+        return [
+            f"k-fold: the first {self.max_repeats} of {config.repeats} repeats (max_repeats, for time); "
+            "its DeLong comparisons use the repeats both methods have"
+        ]
 
 
 def run_evaluation(
@@ -312,8 +443,9 @@ def run_evaluation(
     schemes = ("kfold", "loso") if config.loso else ("kfold",)
     ctx = Context(cohort, cache, run_dir, config, stage, on_progress)
     done = finished_methods(run_dir)
+    notes: dict[str, list[str]] = {}
     for spec in specs:
-        settings = json.loads(json.dumps({"evaluate": config.to_dict(), **spec.settings}))  # as stored
+        settings = spec.stored_settings(config)
         previous = _read_json(run_dir / "predictions" / f"{spec.name}.json").get("settings")
         if previous is not None and previous != settings:
             changed = sorted(k for k in {*previous, *settings} if previous.get(k) != settings.get(k))
@@ -321,25 +453,46 @@ def run_evaluation(
                 f"{run_dir} already holds {spec.name} made with other settings ({', '.join(changed)} differ); "
                 "use another --out folder, or delete that method's predictions to redo it"
             )
-        if spec.name in done:
+        notes[spec.name] = spec.notes(config)
+        tested = config.permutations == 0 or read_permutation_test(run_dir, spec.name, config.permutations, config.seed)
+        if spec.name in done and tested:
             stage(f"{spec.name}: already complete, reused")
             continue
         started = time.perf_counter()
         method = spec.build(ctx)
         samples = cohort.samples
         if hasattr(method, "usable_samples"):  # e.g. radiomics needs a segmented tumour
-            samples, notes = method.usable_samples(samples)
-            for note in notes:
+            samples, reasons = method.usable_samples(samples)
+            for note in reasons:
                 stage(f"note: {note}")
-        stage(f"{spec.name}: cross-validation")
-        prepared = time.perf_counter() - started
-        run_method(method, samples, splits, run_dir, schemes, settings, on_progress, prepared)
+        if spec.name in done:
+            predictions = read_predictions(run_dir / "predictions" / f"{spec.name}.csv")
+        else:
+            stage(f"{spec.name}: cross-validation")
+            prepared = time.perf_counter() - started
+            predictions = run_method(
+                method, samples, splits, run_dir, schemes, settings, on_progress, prepared, spec.max_repeats
+            )
+        if config.permutations:  # redone whenever the predictions were (re)made
+            stage(f"{spec.name}: label-permutation test ({config.permutations} shuffles, k-fold repeat 0)")
+            run_permutation_test(method, samples, splits, run_dir, predictions, config.permutations, config.seed)
     stage("metrics with patient-level bootstrap CIs")
     cards = {n: c for n, c in finished_methods(run_dir).items() if n in names}
     predictions = all_predictions(run_dir, list(cards))
+    null_auc: dict[str, dict[str, list[float]]] = {}
+    for name in cards:
+        test = read_permutation_test(run_dir, name, config.permutations, config.seed) if config.permutations else None
+        if test is not None and test["reason"] is not None:
+            notes[name].append(f"no label-permutation p-value: {test['reason']}")
+        elif test is not None:
+            null_auc[name] = {task: entry["null_auc"] for task, entry in test["tasks"].items()}
     document = metrics_document(
         predictions,
-        methods={n: {"description": c["description"], "wall_time_s": c.get("wall_time_s")} for n, c in cards.items()},
+        methods={
+            n: {"description": c["description"], "wall_time_s": c.get("wall_time_s"), "notes": notes[n]}
+            for n, c in cards.items()
+        },
+        permutation_null=null_auc,
         provenance=provenance({"evaluate": config.to_dict(), "methods": names}, seed=config.seed),
         cohort=cohort_summary(table, cohort, manifest_path),
         oracle_auc=synthetic_oracle(manifest_path),

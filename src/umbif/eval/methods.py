@@ -12,6 +12,14 @@ Methods are named by what they do:
   (pyradiomics features in the tumour mask, ``umbif.baselines.radiomics``) and ``cnn-resnet18``,
   ``cnn-densenet121`` (MONAI 3D CNNs trained from scratch, ``umbif.baselines.cnn``).
 
+``lesion-sizes`` (the segmentation's compartment volumes alone, ``umbif.baselines.sizes``) is the row
+that shows what the mask says by itself; probes read encoders out with ``EvaluateConfig.readout``
+(``lesion`` by default), except SSL-Cerebral, embedded on tumour crops as it was pretrained.
+
+Methods that train networks or forests (``*-finetune``, ``cnn-*``, ``radiomics-rf``) run the first
+k-fold repeat only (``MethodSpec.max_repeats``, :data:`EXPENSIVE_REPEATS`), so a run can repeat the
+k-fold of the cheap ones (probes, radiomics-lr/svm) several times within the same budget.
+
 Each name becomes a :class:`umbif.eval.evaluate.MethodSpec`; the harness
 (:func:`umbif.eval.evaluate.run_evaluation`) builds the method only when it has folds left to run, so
 the method modules are imported here, lazily, and nowhere in the harness.
@@ -30,16 +38,33 @@ from umbif.eval.evaluate import Context, EvaluateConfig, Method, MethodSpec, run
 ADAPTATIONS: tuple[str, ...] = ("probe", "finetune")  # suffixes of encoder methods
 RANDOM = "random"  # <encoder>-random-<adaptation>: the untrained-architecture control
 RANDOM_DIR = "encoders"  # RUN/encoders/<method>/: the untrained encoders the controls are made of
+EXPENSIVE_REPEATS = 1  # k-fold repeats of the methods that train networks or forests (max_repeats)
+CEREBRAL, CROP_READOUT = "ssl-cerebral", "tumour-crop"  # the encoder pretrained on tumour crops, and its readout
+READOUT_TEXT = {
+    "lesion": "tokens pooled in the tumour core and oedema + CLS",
+    "cls": "CLS token",
+    CROP_READOUT: "CLS of a tumour-centred crop",
+}
 
 
-def probe_spec(encoder_dir: str | Path, name: str = "umbif-probe", description: str | None = None) -> MethodSpec:
-    """The frozen-encoder linear probe of an exported encoder."""
+def readout_of(encoder: str, readout: str = "lesion") -> str:
+    """How the probe reads an encoder out: as it was pretrained. SSL-Cerebral saw tumour crops only, so
+    it is embedded on a tumour-centred box of its input size (``tumour-crop``); the others with ``readout``."""
+    return CROP_READOUT if encoder == CEREBRAL else readout
+
+
+def probe_spec(
+    encoder_dir: str | Path, name: str = "umbif-probe", description: str | None = None, readout: str = "lesion"
+) -> MethodSpec:
+    """The frozen-encoder linear probe of an exported encoder, on the exam features of ``readout``."""
     from umbif.adapt.embed import encoder_fingerprint
 
     encoder_dir = Path(encoder_dir)
-    text = description or f"{encoder_dir.name} encoder, frozen; linear probe (logistic regression, inner-CV C)"
-    settings = {"encoder": encoder_dir.name, "encoder_sha256": encoder_fingerprint(encoder_dir)}
-    return MethodSpec(name, lambda ctx: _probe(ctx, encoder_dir, name, text), settings)
+    text = description or (
+        f"{encoder_dir.name} encoder, frozen; {READOUT_TEXT[readout]}; linear probe (logistic regression, 1-SE C)"
+    )
+    settings = {"encoder": encoder_dir.name, "encoder_sha256": encoder_fingerprint(encoder_dir), "readout": readout}
+    return MethodSpec(name, lambda ctx: _probe(ctx, encoder_dir, name, text, readout), settings)
 
 
 def finetune_spec(
@@ -57,11 +82,18 @@ def finetune_spec(
         "encoder_sha256": encoder_fingerprint(encoder_dir),
         "finetune": finetune_config.to_dict(),
     }
-    return MethodSpec(name, lambda ctx: _finetune(ctx, encoder_dir, finetune_config, name, text), settings)
+    return MethodSpec(
+        name, lambda ctx: _finetune(ctx, encoder_dir, finetune_config, name, text), settings, EXPENSIVE_REPEATS
+    )
 
 
 def random_spec(
-    encoder_dir: str | Path, adaptation: str, finetune_config: Any = None, name: str | None = None, seed: int = 0
+    encoder_dir: str | Path,
+    adaptation: str,
+    finetune_config: Any = None,
+    name: str | None = None,
+    seed: int = 0,
+    readout: str = "lesion",
 ) -> MethodSpec:
     """The control: ``encoder_dir``'s architecture with untrained weights (seeded), probed or fine-tuned.
 
@@ -73,7 +105,7 @@ def random_spec(
     encoder_dir = Path(encoder_dir)
     name = name or f"{encoder_dir.name}-{RANDOM}-{adaptation}"
     text = f"{encoder_dir.name} architecture, untrained (random init, seed {seed}); " + (
-        "linear probe" if adaptation == "probe" else "fine-tuned with task heads"
+        f"{READOUT_TEXT[readout]}; linear probe" if adaptation == "probe" else "fine-tuned with task heads"
     )
     settings: dict[str, Any] = {
         "architecture_of": encoder_dir.name,
@@ -81,6 +113,8 @@ def random_spec(
         "init": "random",
         "init_seed": seed,
     }
+    if adaptation == "probe":
+        settings["readout"] = readout
     if adaptation == "finetune":
         from umbif.adapt.finetune import FinetuneConfig
 
@@ -90,20 +124,20 @@ def random_spec(
     def build(ctx: Context) -> Method:
         untrained = untrained_encoder(encoder_dir, ctx.run_dir / RANDOM_DIR / name, seed)
         if adaptation == "probe":
-            return _probe(ctx, untrained, name, text)
+            return _probe(ctx, untrained, name, text, readout)
         return _finetune(ctx, untrained, finetune_config, name, text)
 
-    return MethodSpec(name, build, settings)
+    return MethodSpec(name, build, settings, EXPENSIVE_REPEATS if adaptation == "finetune" else None)
 
 
-def _probe(ctx: Context, encoder_dir: Path, name: str, description: str) -> Method:
+def _probe(ctx: Context, encoder_dir: Path, name: str, description: str, readout: str) -> Method:
     from umbif.adapt.embed import embed_exams
     from umbif.adapt.probe import ProbeMethod
 
     exams = ctx.exam_ids()
-    ctx.stage(f"{name}: embedding {len(exams)} exams with the frozen encoder")
+    ctx.stage(f"{name}: embedding {len(exams)} exams with the frozen encoder ({readout} readout)")
     embeddings = embed_exams(
-        encoder_dir, ctx.cache, exams, ctx.run_dir, ctx.config.batch_size, on_progress=ctx.on_progress
+        encoder_dir, ctx.cache, exams, ctx.run_dir, ctx.config.batch_size, on_progress=ctx.on_progress, readout=readout
     )
     return ProbeMethod(embeddings, name, description, ctx.config.inner_folds, ctx.config.seed)
 
@@ -138,7 +172,8 @@ def _radiomics_spec(model: str, settings: Mapping[str, Any]) -> MethodSpec:
         features = extract_features(ctx.cache, ctx.exam_ids(), ctx.run_dir, on_progress=ctx.on_progress)
         return RadiomicsMethod(features, model=model, inner_folds=ctx.config.inner_folds, seed=ctx.config.seed)
 
-    return MethodSpec(f"radiomics-{model}", build, {"baseline": "radiomics", "model": model, **settings})
+    stored = {"baseline": "radiomics", "model": model, **settings}
+    return MethodSpec(f"radiomics-{model}", build, stored, EXPENSIVE_REPEATS if model == "rf" else None)
 
 
 def _cnn_spec(architecture: str, settings: Mapping[str, Any]) -> MethodSpec:
@@ -148,10 +183,24 @@ def _cnn_spec(architecture: str, settings: Mapping[str, Any]) -> MethodSpec:
         config = CNNConfig.model_validate({**settings, "architecture": architecture})
         return CNNMethod(ctx.cache, config)
 
-    return MethodSpec(f"cnn-{architecture}", build, {"baseline": "cnn", "architecture": architecture, **settings})
+    stored = {"baseline": "cnn", "architecture": architecture, **settings}
+    return MethodSpec(f"cnn-{architecture}", build, stored, EXPENSIVE_REPEATS)
+
+
+def _sizes_spec(settings: Mapping[str, Any]) -> MethodSpec:
+    def build(ctx: Context) -> Method:
+        from umbif.adapt.probe import ProbeMethod
+        from umbif.baselines.sizes import size_features
+
+        text = "tumour compartment volumes from the segmentation (5 log volumes); the same linear probe"
+        features = size_features(ctx.cache, ctx.exam_ids())
+        return ProbeMethod(features, "lesion-sizes", text, ctx.config.inner_folds, ctx.config.seed)
+
+    return MethodSpec("lesion-sizes", build, {"baseline": "lesion-sizes", **settings})
 
 
 BASELINES: dict[str, Callable[[Mapping[str, Any]], MethodSpec]] = {
+    "lesion-sizes": _sizes_spec,
     "radiomics-lr": lambda s: _radiomics_spec("lr", s),
     "radiomics-svm": lambda s: _radiomics_spec("svm", s),
     "radiomics-rf": lambda s: _radiomics_spec("rf", s),
@@ -179,6 +228,7 @@ def method_specs(
     finetune_config: Any = None,
     baseline_settings: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 0,
+    readout: str = "lesion",
 ) -> list[MethodSpec]:
     """Turn method names into specs; unknown names and missing encoders are refused with the choices.
 
@@ -188,6 +238,7 @@ def method_specs(
         finetune_config: settings of every ``*-finetune`` method.
         baseline_settings: per baseline family ("radiomics", "cnn"), settings passed to it.
         seed: initialises the untrained encoders of the ``*-random-*`` controls.
+        readout: the probes' exam features (see :func:`readout_of`); a control gets its encoder's readout.
     """
     baseline_settings = baseline_settings or {}
     specs = []
@@ -204,10 +255,11 @@ def method_specs(
             encoder = encoder.removesuffix(f"-{RANDOM}")
         if encoder not in encoders:
             raise ValueError(f"method {name} needs an encoder named {encoder!r}: add --encoder {encoder}=DIR")
+        read = readout_of(encoder, readout)
         if control:
-            specs.append(random_spec(encoders[encoder], adaptation, finetune_config, name=name, seed=seed))
+            specs.append(random_spec(encoders[encoder], adaptation, finetune_config, name, seed, read))
         elif adaptation == "probe":
-            specs.append(probe_spec(encoders[encoder], name=name))
+            specs.append(probe_spec(encoders[encoder], name=name, readout=read))
         else:
             specs.append(finetune_spec(encoders[encoder], finetune_config, name=name))
     return specs
@@ -257,7 +309,7 @@ def benchmark(
         ...           {"umbif": "models/umbif"})                                   # doctest: +SKIP
     """
     config = config or EvaluateConfig()
-    specs = method_specs(methods, encoders, finetune_config, baseline_settings, seed=config.seed)
+    specs = method_specs(methods, encoders, finetune_config, baseline_settings, config.seed, config.readout)
     return run_evaluation(
         table, cache, run_dir, specs, config, splits_path, manifest_path, reference_method, on_stage, on_progress
     )

@@ -5,7 +5,8 @@
   fonts or links to fetch), so it opens offline and can be mailed as one file;
 - ``report.md``: the same tables and text in Markdown, with the plots as neighbouring PNG files;
 - ``report.json``: the metrics document itself, for anyone who wants the numbers;
-- ``roc_<scheme>_<task>.png`` and ``reliability_<scheme>_<task>.png``.
+- ``forest.png`` (at the top of both pages, with the verdict under it: :mod:`umbif.eval.forest`),
+  ``roc_<scheme>_<task>.png`` and ``reliability_<scheme>_<task>.png``.
 
 Tables are built once (:class:`_Table`) and rendered twice, so HTML and Markdown always agree.
 Every numeric cell of the HTML tables carries its exact value as ``data-*`` attributes
@@ -17,20 +18,28 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
-
 from umbif.data.samples import TASKS, TITLES
+from umbif.eval.curves import curve_plot
+from umbif.eval.forest import (
+    FOREST_FILE,
+    MISSING,
+    SCHEME_TITLES,
+    fmt,
+    fmt_p,
+    forest_caption,
+    forest_plot,
+    json_number,
+    primary_scheme,
+    verdict,
+)
 from umbif.utils import atomic_write, safe_name, write_json, write_text_atomic
 
 FORMAT, VERSION = "umbif-metrics", 1
-SCHEME_TITLES: dict[str, str] = {"kfold": "Patient-level stratified k-fold", "loso": "Leave-one-site-out"}
 MAIN_METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "auc")
 SECONDARY_METRICS: tuple[str, ...] = ("balanced_accuracy", "ppv", "npv", "brier")
 METRIC_TITLES: dict[str, str] = {
@@ -45,8 +54,7 @@ METRIC_TITLES: dict[str, str] = {
 }
 REFERENCE_LABEL = "published UMBIF, real multicentre data — not measured here"
 ORACLE_LABEL = "oracle: best achievable AUC on this synthetic cohort"
-MISSING = "—"
-_PLOT_PREFIXES = ("roc_", "reliability_")
+_PLOT_PREFIXES = ("roc_", "reliability_", "forest")
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -99,19 +107,6 @@ def _check(document: Any, source: str) -> dict[str, Any]:
     return document
 
 
-def _number(value: Any, where: str) -> float | None:
-    """A JSON number as float; None for null (and for a non-finite number, which the schema forbids)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"metrics.json: {where} is {value!r}, expected a number or null")
-    return float(value) if math.isfinite(value) else None
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return MISSING if value is None else f"{value:.{digits}f}"
-
-
 def _attr(value: float | None) -> str:
     return "" if value is None else repr(value)
 
@@ -147,6 +142,7 @@ class _Run:
         self.schemes = [s for s in SCHEME_TITLES if s in schemes] + sorted(schemes - set(SCHEME_TITLES))
         self.reference = document.get("reference") or {}
         self.oracle = document.get("oracle_auc") or {}
+        self.primary = primary_scheme(document)  # the scheme of the forest plot and the verdict
 
     def rows(self, scheme: str) -> list[tuple[str, str, dict[str, Any]]]:
         """(task, method, result) for one scheme, tasks in TASKS order, methods in document order."""
@@ -161,10 +157,10 @@ class _Run:
 def _estimate_cell(result: dict[str, Any], metric: str, where: dict[str, str]) -> _Cell:
     entry = (result.get("metrics") or {}).get(metric) or {}
     label = f"{where['data-method']}/{where['data-task']}/{where['data-scheme']} {metric}"
-    value, low, high = (_number(entry.get(k), f"{label}.{k}") for k in ("value", "low", "high"))
-    text = _fmt(value)
+    value, low, high = (json_number(entry.get(k), f"{label}.{k}") for k in ("value", "low", "high"))
+    text = fmt(value)
     if value is not None and low is not None and high is not None:
-        text += f" ({_fmt(low)}–{_fmt(high)})"
+        text += f" ({fmt(low)}–{fmt(high)})"
     attrs = {
         **where,
         "data-metric": metric,
@@ -176,27 +172,32 @@ def _estimate_cell(result: dict[str, Any], metric: str, where: dict[str, str]) -
 
 
 def _value_cell(value: Any, attrs: dict[str, str], where: str, digits: int = 3) -> _Cell:
-    number = _number(value, where)
-    return _Cell(_fmt(number, digits), {**attrs, "data-value": _attr(number)}, numeric=True)
+    value = json_number(value, where)
+    return _Cell(fmt(value, digits), {**attrs, "data-value": _attr(value)}, numeric=True)
+
+
+def _p_cell(value: Any, attrs: dict[str, str], where: str) -> _Cell:
+    p = json_number(value, where)
+    return _Cell(fmt_p(p), {**attrs, "data-value": _attr(p)}, numeric=True)
 
 
 def _metric_table(run: _Run, scheme: str, name: str, metrics: tuple[str, ...]) -> _Table:
-    """Task x method rows of estimates with CIs; the main table adds the published and oracle rows."""
+    """Task x method rows of estimates with CIs; the main table adds the published and oracle rows, and a
+    label-permutation p column when the scheme's results have one."""
     rows: list[list[_Cell]] = []
     kinds: list[str] = []
+    permuted = name == "main" and any(r.get("p_permutation") is not None for _, _, r in run.rows(scheme))
     for task in run.tasks:
         for method in (m for m in run.methods if (m, task, scheme) in run.results):
             result = run.results[(method, task, scheme)]
             where = {"data-method": method, "data-task": task, "data-scheme": scheme}
             n = f"{result.get('n_samples', MISSING)} ({result.get('n_positive', MISSING)} pos.)"
-            rows.append(
-                [
-                    _Cell(task),
-                    _Cell(method),
-                    _Cell(n, numeric=True),
-                    *(_estimate_cell(result, m, where) for m in metrics),
-                ]
-            )
+            cells = [_Cell(task), _Cell(method), _Cell(n, numeric=True)]
+            cells += [_estimate_cell(result, m, where) for m in metrics]
+            if permuted:
+                attrs, label = {**where, "data-metric": "p_permutation"}, f"{method}/{task}/{scheme} p_permutation"
+                cells.append(_p_cell(result.get("p_permutation"), attrs, label))
+            rows.append(cells)
             kinds.append("")
         yardsticks = (
             ("reference", REFERENCE_LABEL, run.reference.get(task) or {}),
@@ -212,9 +213,9 @@ def _metric_table(run: _Run, scheme: str, name: str, metrics: tuple[str, ...]) -
                 else _Cell(MISSING)
                 for m in metrics
             ]
-            rows.append([_Cell(task), _Cell(label), _Cell(MISSING), *cells])
+            rows.append([_Cell(task), _Cell(label), _Cell(MISSING), *cells, *[_Cell(MISSING)] * permuted])
             kinds.append(kind)
-    header = ["Task", "Method", "n", *(METRIC_TITLES[m] for m in metrics)]
+    header = ["Task", "Method", "n", *(METRIC_TITLES[m] for m in metrics), *["p (permutation)"] * permuted]
     return _Table(name, header, rows, kinds, scheme)
 
 
@@ -247,9 +248,7 @@ def _delong_table(run: _Run) -> _Table:
                 _value_cell(comparison.get(k), {**where, "data-metric": k}, f"{label}.{k}")
                 for k in ("auc", "auc_against", "difference")
             ]
-            p = _number(comparison.get("p_value"), f"{label}.p_value")
-            p_text = "<0.001" if p is not None and p < 0.001 else _fmt(p)
-            p_cell = _Cell(p_text, {**where, "data-metric": "p_value", "data-value": _attr(p)}, numeric=True)
+            p_cell = _p_cell(comparison.get("p_value"), {**where, "data-metric": "p_value"}, f"{label}.p_value")
             against = str(comparison.get("against", MISSING))
             n = _Cell(str(comparison.get("n", MISSING)), numeric=True)
             rows.append([_Cell(_scheme(scheme)), _Cell(task), _Cell(method), _Cell(against), n, *numbers, p_cell])
@@ -267,65 +266,6 @@ def _time_table(run: _Run) -> _Table:
     return _Table("time", ["Method", "Description", "Wall time (s)"], rows, [""] * len(rows))
 
 
-# ----------------------------------------------------------------------------------------- plots
-def _label(text: str) -> str:
-    """Matplotlib text as written: no mathtext from '$', no legend entry hidden by a leading '_'."""
-    text = text.replace("$", r"\$")
-    return f" {text}" if text.startswith("_") else text
-
-
-def _plot(run: _Run, task: str, scheme: str, kind: str) -> bytes:
-    """ROC curves or reliability diagram of every method on one task and scheme, as PNG bytes."""
-    fig = Figure(figsize=(4.6, 4.4), facecolor="white")
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance" if kind == "roc" else "ideal")
-    colours = [f"C{i % 10}" for i in range(len(run.methods))]
-    drawn = 0
-    for method, colour in zip(run.methods, colours, strict=True):
-        result = run.results.get((method, task, scheme))
-        if result is None:
-            continue
-        if kind == "roc":
-            curve = result.get("roc") or {}
-            x, y = curve.get("fpr") or [], curve.get("tpr") or []
-            auc = _number(
-                ((result.get("metrics") or {}).get("auc") or {}).get("value"), f"{method}/{task}/{scheme} auc.value"
-            )
-            if x and len(x) == len(y):
-                ax.plot(x, y, color=colour, linewidth=1.6, label=f"{_label(method)} (AUC {_fmt(auc)})")
-                drawn += 1
-        else:
-            bins = result.get("reliability") or {}
-            x, y = bins.get("mean_score") or [], bins.get("fraction_positive") or []
-            counts = bins.get("count") or [1] * len(x)
-            if x and len(x) == len(y) == len(counts):
-                ax.plot(x, y, color=colour, linewidth=1.2, marker="o", markersize=3, label=_label(method))
-                ax.scatter(x, y, s=[8 + 4 * math.sqrt(max(c, 0)) for c in counts], color=colour, alpha=0.5)
-                drawn += 1
-    if kind == "roc" and task in run.oracle:
-        oracle = _number(run.oracle[task], f"oracle_auc.{task}")
-        ax.plot([], [], linestyle="none", label=f"oracle AUC {_fmt(oracle)}")
-    if not drawn:
-        ax.text(0.5, 0.5, "no curve data", ha="center", va="center", color="0.4", transform=ax.transAxes)
-    names = (
-        ("False positive rate", "True positive rate")
-        if kind == "roc"
-        else ("Mean predicted score", "Fraction positive")
-    )
-    ax.set_xlabel(names[0])
-    ax.set_ylabel(names[1])
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_aspect("equal")
-    ax.grid(color="0.92")
-    ax.set_title(f"{TITLES.get(task, _label(task))}\n{SCHEME_TITLES.get(scheme, _label(scheme))}", fontsize=9)
-    ax.legend(loc="lower right", fontsize=7, frameon=False)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
 # -------------------------------------------------------------------------------------- rendering
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1200px;
@@ -338,6 +278,8 @@ tr.reference td{background:#fbf6e9;font-style:italic;color:#5b4a1f}tr.oracle td{
 .figures{display:flex;flex-wrap:wrap;gap:.8rem}.figures img{width:460px;max-width:100%;border:1px solid #e3e7eb}
 .note{background:#f6f8fa;border-left:4px solid #8aa4bf;padding:.6rem 1rem}pre{background:#f6f8fa;padding:.6rem;
 overflow:auto;font-size:.8rem}details{margin:1rem 0}summary{cursor:pointer;font-weight:600}
+#forest{width:100%;border:1px solid #e3e7eb}
+#verdict{background:#fbf1ef;border-left:4px solid #c0392b;padding:.6rem 1rem}
 """
 
 
@@ -465,6 +407,22 @@ def _scheme(scheme: str) -> str:
     return SCHEME_TITLES.get(scheme, scheme)
 
 
+def _glance_html(run: _Run, plots: dict[str, bytes]) -> str:
+    """The forest plot with the verdict under it, first on the page ("" without results)."""
+    if run.primary is None:
+        return ""
+    e, found = html.escape, verdict(run.document, run.primary)
+    spans = "".join(
+        f' <span data-task="{e(t.task)}" data-verdict="{t.outcome}">{e(t.text)}</span>' for t in found.tasks
+    )
+    return (
+        f'<section id="at-a-glance"><h2>At a glance</h2><p>{e(forest_caption(run.document, run.primary))}</p>'
+        f'<img id="forest" alt="forest plot: AUC per method and task" src="data:image/png;base64,'
+        f'{base64.b64encode(plots[FOREST_FILE]).decode()}"><p id="verdict" data-scheme="{e(run.primary)}">'
+        f"<strong>Verdict.</strong> {e(found.summary)}{spans}</p></section>"
+    )
+
+
 def _render_html(run: _Run, plots: dict[str, bytes]) -> str:
     e = html.escape
     parts = [
@@ -473,6 +431,7 @@ def _render_html(run: _Run, plots: dict[str, bytes]) -> str:
         f"<title>umbif evaluation report</title><style>{_CSS}</style></head><body>",
         "<h1>umbif evaluation report</h1>",
         f'<p id="what">{e(_intro(run))}</p>',
+        _glance_html(run, plots),
         f'<div class="note" id="how-to-read"><strong>How to read this.</strong> {e(_how_to_read(run.document))}</div>',
     ]
     if not run.results:
@@ -507,6 +466,10 @@ def _render_md(run: _Run) -> str:
         f"> **How to read this.** {_md_escape(_how_to_read(run.document))}",
         "",
     ]
+    if run.primary is not None:
+        caption, found = forest_caption(run.document, run.primary), verdict(run.document, run.primary)
+        parts += ["## At a glance", "", _md_escape(caption), "", f"![forest plot]({FOREST_FILE})", ""]
+        parts += [f"**Verdict.** {_md_escape(found.text)}", ""]
     if not run.results:
         parts += ["**metrics.json holds no results.**", ""]
     for heading, lead, content in _sections(run):
@@ -540,7 +503,7 @@ def write_report(run_dir: str | Path, document: dict[str, Any] | None = None) ->
 
     Returns:
         The written files: ``"html"``, ``"markdown"``, ``"json"``, and one entry per plot named by its
-        file stem (``"roc_kfold_idh"``, ``"reliability_loso_idh"``, ...).
+        file stem (``"forest"``, ``"roc_kfold_idh"``, ``"reliability_loso_idh"``, ...).
 
     Raises:
         FileNotFoundError: no ``metrics.json`` (run ``umbif evaluate`` first).
@@ -559,11 +522,13 @@ def write_report(run_dir: str | Path, document: dict[str, Any] | None = None) ->
     run = _Run(document)
     folder = run_dir / "report"
     plots = {
-        _plot_name(kind, scheme, task): _plot(run, task, scheme, kind)
+        _plot_name(kind, scheme, task): curve_plot(run.results, run.methods, run.oracle, task, scheme, kind)
         for scheme in run.schemes
         for task in run.tasks
         for kind in ("roc", "reliability")
     }
+    if run.primary is not None:
+        plots[FOREST_FILE] = forest_plot(document, run.primary)
     page, markdown = _render_html(run, plots), _render_md(run)  # render all before writing anything
     paths: dict[str, Path] = {}
     for name, data in plots.items():

@@ -12,7 +12,11 @@ methods are compared on identical samples and folds.
   and all replicates are scored at once (:func:`umbif.metrics.binary_metrics`).
 - ROC points, reliability curve and per-site metrics: repeat 0.
 - Comparison: DeLong's test against ``reference_method`` on the samples both methods scored, each
-  sample's score averaged over repeats.
+  sample's score averaged over the repeats both methods have (a method may run fewer k-fold repeats:
+  ``MethodSpec.max_repeats``); ``repeats`` in the comparison says how many.
+- Label-permutation p-value (k-fold rows): the pooled out-of-fold AUC of repeat 0 judged against the
+  null AUCs of the method's permutation test (:mod:`umbif.eval.permutation`); null where the method
+  has no test (its ``notes`` say why) and for leave-one-site-out.
 
 Example::
 
@@ -33,6 +37,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from umbif.data.samples import TASKS
+from umbif.eval.permutation import REPEAT, SCHEME, permutation_p_value
 from umbif.eval.splits import SCHEMES
 from umbif.metrics import (
     METRIC_NAMES,
@@ -41,6 +46,7 @@ from umbif.metrics import (
     patient_bootstrap_weights,
     percentile_interval,
     reliability_curve,
+    roc_auc,
 )
 from umbif.utils import write_json
 
@@ -211,10 +217,15 @@ def _mean_scores(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _comparison(frame: pd.DataFrame, reference: pd.DataFrame | None, against: str) -> dict[str, Any] | None:
-    """DeLong of ``frame``'s method vs. the reference method on their shared samples (None if not testable)."""
+    """DeLong of ``frame``'s method vs. the reference method on their shared samples and repeats (None if not
+    testable)."""
     if reference is None:
         return None
-    ours, theirs = _mean_scores(frame), _mean_scores(reference)
+    repeats = sorted(set(frame["repeat"]) & set(reference["repeat"]))
+    if not repeats:
+        return None
+    ours = _mean_scores(frame[frame["repeat"].isin(repeats)])
+    theirs = _mean_scores(reference[reference["repeat"].isin(repeats)])
     shared = ours.merge(theirs, left_index=True, right_index=True, suffixes=("", "_against"))  # inner join
     y = shared["y"].to_numpy()
     if min(int(y.sum()), int(y.size - y.sum())) < 2:
@@ -223,10 +234,26 @@ def _comparison(frame: pd.DataFrame, reference: pd.DataFrame | None, against: st
     return {
         "against": against,
         "n": int(y.size),
+        "repeats": len(repeats),
         "auc": result.auc_a,
         "auc_against": result.auc_b,
         "difference": result.difference,
         "p_value": result.p_value,
+    }
+
+
+def _permutation_fields(rows: pd.DataFrame, null: Any) -> dict[str, Any]:
+    """``p_permutation``, ``n_permutations`` and the null's mean and SD of one result (all None without a test)."""
+    if null is None or rows["scheme"].iloc[0] != SCHEME:
+        return {"p_permutation": None, "n_permutations": None, "null_auc_mean": None, "null_auc_sd": None}
+    null = np.asarray(null, dtype=np.float64)
+    first = rows[rows["repeat"] == REPEAT]
+    observed = float(roc_auc(first["y"].to_numpy(), first["score"].to_numpy())) if len(first) else math.nan
+    return {
+        "p_permutation": permutation_p_value(observed, null),
+        "n_permutations": int(null.size),
+        "null_auc_mean": _number(null.mean()) if null.size else None,
+        "null_auc_sd": _number(null.std(ddof=1)) if null.size > 1 else None,
     }
 
 
@@ -238,6 +265,7 @@ def summarize(
     seed: int = 0,
     reliability_bins: int = 10,
     reference_method: str | None = None,
+    permutation_null: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The ``results`` list of ``metrics.json``: one entry per method, task and scheme in ``predictions``.
 
@@ -250,6 +278,8 @@ def summarize(
         reliability_bins: uniform bins of the reliability curve.
         reference_method: the method every other is compared to with DeLong's test (its own
             ``comparison`` and all comparisons when None are null).
+        permutation_null: ``{method: {task: null AUCs}}`` of the label-permutation tests (k-fold
+            repeat 0); a method or task without one gets null permutation fields.
 
     Returns:
         the results, ordered by method (first appearance), task (:data:`TASKS` order) and scheme;
@@ -295,6 +325,7 @@ def summarize(
                         "per_site": _per_site(first),
                         "comparison": _comparison(rows, reference, reference_method or ""),
                     }
+                    | _permutation_fields(rows, (permutation_null or {}).get(method, {}).get(task))
                 )
     return results
 
@@ -311,18 +342,20 @@ def metrics_document(
     level: float = 0.95,
     seed: int = 0,
     reliability_bins: int = 10,
+    permutation_null: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The whole ``metrics.json`` document (format ``umbif-metrics`` version 1).
 
     Args:
         predictions: the predictions table of all methods.
-        methods: ``{method: {"description": str, "wall_time_s": float | None}}`` for every method
-            in ``predictions``.
+        methods: ``{method: {"description": str, "wall_time_s": float | None, "notes": [str]}}`` for every
+            method in ``predictions`` (``notes``, optional: how it was run, e.g. fewer repeats, no
+            permutation test and why).
         provenance: :func:`umbif.provenance.provenance` of the evaluation.
         cohort: ``{"manifest": file name, "n_exams": int, "sites": [...]}`` or None (written as {}).
         oracle_auc: ``{task: AUC of the generating model}`` for a synthetic cohort, else None ({}); a task whose
             value is None or NaN (undefined: one class) is left out.
-        reference_method, n_bootstrap, level, seed, reliability_bins: see :func:`summarize`.
+        reference_method, n_bootstrap, level, seed, reliability_bins, permutation_null: see :func:`summarize`.
 
     Returns:
         the document; published figures (:data:`REFERENCE`) under ``"reference"``.
@@ -348,6 +381,7 @@ def metrics_document(
             m: {
                 "description": str(methods[m]["description"]),
                 "wall_time_s": None if methods[m].get("wall_time_s") is None else float(methods[m]["wall_time_s"]),
+                "notes": [str(note) for note in methods[m].get("notes") or []],
             }
             for m in present
         },
@@ -359,6 +393,7 @@ def metrics_document(
             seed=seed,
             reliability_bins=reliability_bins,
             reference_method=reference_method,
+            permutation_null=permutation_null,
         ),
     }
 

@@ -65,6 +65,10 @@ class ModelConfig(FrozenConfig):
     queue_size: int = 0  # 0: off; > 0: FIFO queue of this many past projections used as extra negatives
     grad_checkpointing: bool = False  # recompute block activations in backward (less memory, ~30% slower)
     norm_pix_loss: bool = True  # reconstruct each patch normalised to zero mean, unit variance (MAE)
+    # weight of a second reconstruction target: each masked patch's mean and log standard deviation. With
+    # norm_pix_loss alone the decoder never has to know a patch's absolute intensity, so the encoder may
+    # drop the contrast between sequences (enhancement, T2-FLAIR mismatch); 0 turns the term off.
+    stats_loss: float = 0.0
 
     @model_validator(mode="before")
     @classmethod
@@ -78,9 +82,10 @@ class ModelConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        floats = {"mlp_ratio": self.mlp_ratio, "temperature": self.temperature, "lambda_con": self.lambda_con}
-        if not all(math.isfinite(v) for v in floats.values()) or self.mlp_ratio <= 0 or self.lambda_con < 0:
-            raise ValueError(f"mlp_ratio must be positive, lambda_con non-negative, all finite; got {floats}")
+        floats = {"mlp_ratio": self.mlp_ratio, "temperature": self.temperature}
+        floats |= {"lambda_con": self.lambda_con, "stats_loss": self.stats_loss}
+        if not all(math.isfinite(v) for v in floats.values()) or self.mlp_ratio <= 0 or min(floats.values()) < 0:
+            raise ValueError(f"mlp_ratio must be positive, the others non-negative, all finite; got {floats}")
         check_sizes(self)  # bounds and a memory estimate, before anything is allocated
         for width, heads, part in ((self.dim, self.heads, ""), (self.decoder_dim, self.decoder_heads, "decoder_")):
             if width < 6 or width % heads:
@@ -197,24 +202,37 @@ def unpack(packed: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, fill: 
     return out
 
 
+def patch_stats(patches: torch.Tensor) -> torch.Tensor:
+    """``[..., P]`` -> ``[..., 2]``: each patch's mean and log standard deviation (the ``stats_loss`` target)."""
+    patches = patches.float()
+    return torch.stack([patches.mean(-1), 0.5 * torch.log(patches.var(-1) + 1e-6)], dim=-1)
+
+
 def reconstruction_loss(
-    pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor, norm_pix: bool = True
+    pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor, norm_pix: bool = True, stats_loss: float = 0.0
 ) -> torch.Tensor:
     """Mean squared error over the voxels of the tokens in ``loss_mask`` (MAE's ``forward_loss``).
 
     Args:
-        pred: ``[B, N, P]`` predicted patches.
+        pred: ``[B, N, P]`` predicted patches, or ``[B, N, P + 2]`` with ``stats_loss > 0``: the last two
+            outputs predict :func:`patch_stats` of the true patch.
         target: ``[B, N, P]`` true patches; with ``norm_pix`` each is normalised to zero mean and unit
             variance first, so the loss weighs texture, not the intensity offset of a patch.
         loss_mask: ``[B, N]`` bool, the tokens to score (masked tokens of present sequences).
+        stats_loss: weight of the squared error of the predicted patch mean and log standard deviation,
+            added per token (it puts the absolute intensity back into the objective that ``norm_pix`` removes).
 
     Returns:
         scalar float32 tensor (0 when ``loss_mask`` is empty).
     """
-    target = target.float()
+    target, pred, P = target.float(), pred.float(), target.shape[-1]
+    per_token = torch.zeros(target.shape[:-1], device=target.device)
+    if stats_loss > 0:
+        per_token = stats_loss * (pred[..., P:] - patch_stats(target)).pow(2).mean(-1)
+        pred = pred[..., :P]
     if norm_pix:
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
-    per_token = (pred.float() - target).pow(2).mean(-1)  # [B, N]
+    per_token = per_token + (pred - target).pow(2).mean(-1)  # [B, N]
     return (per_token * loss_mask).sum() / loss_mask.sum().clamp(min=1)
 
 
@@ -379,7 +397,7 @@ class UMBIFDecoder(nn.Module):
             Block(E, config.decoder_heads, config.mlp_ratio) for _ in range(config.decoder_depth)
         )
         self.norm = nn.LayerNorm(E, eps=1e-6)
-        self.pred = nn.Linear(E, config.patch_size**3)
+        self.pred = nn.Linear(E, config.patch_size**3 + (2 if config.stats_loss > 0 else 0))
         self.apply(init_weights)
         nn.init.normal_(self.seq_embed, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -395,7 +413,8 @@ class UMBIFDecoder(nn.Module):
             present_tokens: ``[B, N]`` bool, the slots of present sequences (the decoder's tokens).
 
         Returns:
-            ``[B, N, P]`` predicted voxels (normalised per patch with ``norm_pix_loss``), zero at absent slots.
+            ``[B, N, P]`` predicted voxels (normalised per patch with ``norm_pix_loss``), zero at absent slots;
+            ``[B, N, P + 2]`` with ``stats_loss``, the last two the patch mean and log standard deviation.
         """
         B = visible.shape[0]
         S, L = self.config.num_sequences, self.config.num_patches
@@ -505,7 +524,8 @@ class UMBIFPretrainer(nn.Module):
             for view, keep, tokens, token_mask in encoded:
                 pred = self.decoder(tokens, token_mask, keep, present_tokens)  # [B, N, P]
                 target = patchify(view.float(), c.patch_size).flatten(1, 2)  # [B, N, P]
-                losses.append(reconstruction_loss(pred, target, present_tokens & ~keep, c.norm_pix_loss))
+                mask = present_tokens & ~keep
+                losses.append(reconstruction_loss(pred, target, mask, c.norm_pix_loss, c.stats_loss))
             loss_rec = torch.stack(losses).mean()
 
         loss_con = zero
@@ -546,7 +566,7 @@ class UMBIFPretrainer(nn.Module):
         keep = self.mask(present, generator)
         tokens, token_mask = self.encoder.forward_tokens(images, present, keep)
         present_tokens = present.repeat_interleave(c.num_patches, dim=1)  # [B, N]
-        pred = self.decoder(tokens, token_mask, keep, present_tokens).float()  # [B, N, P]
+        pred = self.decoder(tokens, token_mask, keep, present_tokens).float()[..., : c.patch_size**3]  # [B, N, P]
         if c.norm_pix_loss:
             target = patchify(images.float(), c.patch_size).flatten(1, 2)
             pred = pred * (target.var(-1, keepdim=True) + 1e-6).sqrt() + target.mean(-1, keepdim=True)

@@ -36,6 +36,7 @@ from umbif.config import SynthConfig
 from umbif.data.io import write_nifti
 from umbif.data.manifest import LABELS, Manifest
 from umbif.data.synthetic import anatomy, cohort, lesions, render
+from umbif.data.synthetic.settings import check_strength
 from umbif.data.synthetic.sites import NAMINGS, Site, sites
 from umbif.provenance import provenance
 from umbif.utils import atomic_write, csv_safe, json_text, write_json, write_text_atomic
@@ -137,6 +138,7 @@ def _gliomas(template: anatomy.Template, phenotype: pd.Series, rng: np.random.Ge
 
 def plan_cohort(config: SynthConfig) -> tuple[list[ExamPlan], pd.DataFrame]:
     """Draw the whole archive: exams to render and one ground-truth row per exam."""
+    check_strength(config.strength)
     site_list = sites(config.sites)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, _PLAN]))
     template = anatomy.load_template(2)  # tumour positions do not depend on the output spacing
