@@ -32,7 +32,7 @@ from umbif.data.datasets import CacheDataset
 from umbif.models.io import ENCODER_FILE, load_encoder
 from umbif.models.readout import readout_features
 from umbif.models.umbif import UMBIFEncoder
-from umbif.train.augment import crop_starts
+from umbif.train.augment import crop_starts, tumour_box_centre
 from umbif.train.device import pick_device
 from umbif.utils import atomic_write, check_component, inside, sha256_file, write_json
 
@@ -80,18 +80,13 @@ def tumour_crop(images: torch.Tensor, seg: torch.Tensor, size: tuple[int, int, i
     Returns ``[B, S, *size]`` and the number of exams that had no tumour.
     """
     grid = tuple(images.shape[2:])
-    centres, missing = [], 0
-    for labels in seg:
-        spans = [torch.nonzero(labels.any(dim=tuple(a for a in range(3) if a != axis))).flatten() for axis in range(3)]
-        if spans[0].numel():
-            centres.append([(float(s[0]) + float(s[-1])) / 2 for s in spans])
-        else:
-            centres.append([(n - 1) / 2 for n in grid])
-            missing += 1
-    starts = crop_starts(torch.zeros(len(seg), 3), grid, size, torch.tensor(centres, dtype=torch.float64), 0)
+    found = [tumour_box_centre(labels) for labels in seg]
+    middle = torch.tensor([(n - 1) / 2 for n in grid], dtype=torch.float64)
+    centres = torch.stack([middle if c is None else c for c in found])
+    starts = crop_starts(torch.zeros(len(seg), 3), grid, size, centres, 0)
     cx, cy, cz = size
     boxes = [img[:, x : x + cx, y : y + cy, z : z + cz] for img, (x, y, z) in zip(images, starts, strict=True)]
-    return torch.stack(boxes), missing
+    return torch.stack(boxes), sum(c is None for c in found)
 
 
 def _embed_one_batch(encoder: UMBIFEncoder, batch: dict, readout: str) -> tuple[np.ndarray, int]:

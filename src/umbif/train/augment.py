@@ -96,6 +96,16 @@ def _happens(batch: int, p: float, generator: torch.Generator | None) -> torch.T
     return _uniform((batch,), 0.0, 1.0, generator) < p
 
 
+def tumour_box_centre(seg: torch.Tensor) -> torch.Tensor | None:
+    """Centre of the bounding box of the non-zero voxels of ``seg`` ``[X, Y, Z]`` (``[3]`` float64 voxel
+    coordinates, the ``centres`` of :func:`crop_starts`), or None when it has none."""
+    occupied = seg != 0
+    spans = [torch.nonzero(occupied.any(dim=tuple(a for a in range(3) if a != axis))).flatten() for axis in range(3)]
+    if not spans[0].numel():
+        return None
+    return torch.tensor([(float(s[0]) + float(s[-1])) / 2 for s in spans], dtype=torch.float64)
+
+
 def crop_starts(
     draws: torch.Tensor,
     grid: tuple[int, ...],

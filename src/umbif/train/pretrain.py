@@ -33,7 +33,7 @@ from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
 from umbif.models.umbif import PRESETS, ModelConfig, UMBIFPretrainer, count_parameters
 from umbif.provenance import provenance
-from umbif.train.augment import AugmentConfig, augment
+from umbif.train.augment import AugmentConfig, augment, tumour_box_centre
 from umbif.train.checkpoint import DEFAULT_IGNORE, check_compatible, load_checkpoint, read_state
 from umbif.train.device import autocast_dtype
 from umbif.train.distributed import (
@@ -166,10 +166,10 @@ def tumour_centres(dataset: CacheDataset) -> tuple[dict[str, torch.Tensor], int]
     centres = {}
     for entry in dataset.entries:
         if entry.get("has_seg"):
-            seg = dataset.cache.load(entry["exam_id"], "masks")[1]  # [X, Y, Z]
-            spans = [np.flatnonzero(seg.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-            if spans[0].size:
-                centres[entry["exam_id"]] = torch.tensor([(s[0] + s[-1]) / 2 for s in spans], dtype=torch.float64)
+            seg = torch.from_numpy(np.array(dataset.cache.load(entry["exam_id"], "masks")[1]))  # [X, Y, Z]
+            centre = tumour_box_centre(seg)
+            if centre is not None:
+                centres[entry["exam_id"]] = centre
     skipped = len(dataset.entries) - len(centres)
     dataset.entries = [entry for entry in dataset.entries if entry["exam_id"] in centres]
     return centres, skipped
