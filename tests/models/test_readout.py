@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from umbif.models.objectives import patch_stats, reconstruction_loss
 from umbif.models.readout import compartment_fractions, pool_tokens, readout_features, token_grid
-from umbif.models.umbif import ModelConfig, UMBIFEncoder, UMBIFPretrainer, patch_stats, reconstruction_loss
+from umbif.models.umbif import ModelConfig, UMBIFEncoder, UMBIFPretrainer
 
 
 def _encoder(seed: int = 0) -> UMBIFEncoder:

@@ -9,16 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from umbif.models.objectives import info_nce, reconstruction_loss
 from umbif.models.pos_embed import sincos_pos_embed_3d
-from umbif.models.umbif import (
-    ModelConfig,
-    UMBIFPretrainer,
-    info_nce,
-    patchify,
-    random_masking,
-    reconstruction_loss,
-    unpatchify,
-)
+from umbif.models.umbif import ModelConfig, UMBIFPretrainer, patchify, random_masking, unpatchify
 
 SMALL = {
     "image_size": (32, 32, 32),

@@ -48,8 +48,9 @@ from umbif.models.io import (
     read_safetensors,
     save_encoder,
 )
+from umbif.models.objectives import reconstruction_loss
 from umbif.models.pos_embed import sincos_pos_embed_3d
-from umbif.models.umbif import ModelConfig, UMBIFEncoder, pack, random_masking, reconstruction_loss, unpack
+from umbif.models.umbif import ModelConfig, UMBIFEncoder, pack, random_masking, unpack
 from umbif.provenance import provenance
 from umbif.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from umbif.train.logging import MetricsLogger
