@@ -20,7 +20,7 @@ from umbif.config import PreprocessConfig
 from umbif.data.cache import run_preprocess
 from umbif.data.datasets import CacheDataset
 from umbif.data.manifest import Manifest
-from umbif.models.io import load_encoder, read_safetensors
+from umbif.models.io import load_encoder, pretraining_of, read_safetensors
 from umbif.train.augment import random_crop
 from umbif.train.pretrain import PretrainConfig, describe, pretrain, tumour_centres
 
@@ -166,6 +166,7 @@ def test_pretrain_cerebral_resumes_exactly_and_exports(cohort, tmp_path: Path) -
         pretrain_cerebral(table, cache, tmp_path / "cerebral", config, on_step=stop_at_three)  # checkpoint at 2
     folder = pretrain_cerebral(table, cache, tmp_path / "cerebral", config)
     assert folder == tmp_path / "cerebral" / "encoder"
+    assert pretraining_of(folder) == {"crop": "tumour", "image_size": [16, 16, 16], "steps": 4}  # read by readout_of
     straight = read_safetensors(tmp_path / "straight" / "checkpoints" / "step_000004" / "model.safetensors")[0]
     encoder = load_encoder(folder, image_size=(32, 32, 32))  # trained on 16^3 crops, run on the exam
     for name, value in encoder.state_dict().items():

@@ -116,7 +116,9 @@ def test_random_init_control_is_the_same_architecture_untrained(cohort: TinyCoho
 
 
 def test_probes_read_encoders_out_as_they_were_pretrained(cohort: TinyCohort, tmp_path: Path) -> None:
-    encoders = {"umbif": cohort.encoder, "ssl-cerebral": cohort.encoder}
+    encoder = load_encoder(cohort.encoder)  # the same weights, exported as pretrained on tumour crops
+    cerebral = save_encoder(encoder, encoder.config, tmp_path / "cerebral", pretraining={"crop": "tumour"})
+    encoders = {"umbif": cohort.encoder, "ssl-cerebral": cerebral}
     names = ["umbif-probe", "umbif-random-probe", "ssl-cerebral-probe", "ssl-cerebral-random-probe"]
     specs = {s.name: s for s in method_specs(names, encoders)}
     assert {n: s.settings["readout"] for n, s in specs.items()} == {

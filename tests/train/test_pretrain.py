@@ -30,6 +30,8 @@ from umbif.config import PreprocessConfig, SynthConfig
 from umbif.data.cache import run_preprocess
 from umbif.data.manifest import Manifest
 from umbif.data.synthetic.generate import generate
+from umbif.eval.methods import readout_of
+from umbif.models.io import pretraining_of
 from umbif.train.checkpoint import latest_checkpoint
 from umbif.train.logging import read_metrics
 from umbif.train.pretrain import PretrainConfig, pretrain
@@ -141,6 +143,11 @@ def test_export_gives_a_loadable_encoder(cache: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
     assert result.exit_code == 0, result.output
     encoder = umbif.load_encoder(tmp_path / "model")
+    assert pretraining_of(tmp_path / "model") == {"crop": "random", "image_size": [32, 32, 32], "steps": 3}
+    assert readout_of(tmp_path / "model") == "lesion"
+    (tmp_path / "model" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON.*export the encoder again"):
+        pretraining_of(tmp_path / "model")
     images, present = torch.randn(2, 4, 32, 32, 32), torch.tensor([[1, 1, 1, 1], [0, 1, 0, 1]], dtype=torch.bool)
     assert encoder(images, present).shape == (2, MODEL["dim"])
 

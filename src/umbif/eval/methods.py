@@ -39,7 +39,7 @@ ADAPTATIONS: tuple[str, ...] = ("probe", "finetune")  # suffixes of encoder meth
 RANDOM = "random"  # <encoder>-random-<adaptation>: the untrained-architecture control
 RANDOM_DIR = "encoders"  # RUN/encoders/<method>/: the untrained encoders the controls are made of
 EXPENSIVE_REPEATS = 1  # k-fold repeats of the methods that train networks or forests (max_repeats)
-CEREBRAL, CROP_READOUT = "ssl-cerebral", "tumour-crop"  # the encoder pretrained on tumour crops, and its readout
+CROP_READOUT = "tumour-crop"  # the readout of an encoder pretrained on tumour crops (SSL-Cerebral)
 READOUT_TEXT = {
     "lesion": "tokens pooled in the tumour core and oedema + CLS",
     "cls": "CLS token",
@@ -47,10 +47,13 @@ READOUT_TEXT = {
 }
 
 
-def readout_of(encoder: str, readout: str = "lesion") -> str:
-    """How the probe reads an encoder out: as it was pretrained. SSL-Cerebral saw tumour crops only, so
-    it is embedded on a tumour-centred box of its input size (``tumour-crop``); the others with ``readout``."""
-    return CROP_READOUT if encoder == CEREBRAL else readout
+def readout_of(encoder_dir: str | Path, readout: str = "lesion") -> str:
+    """How the probe reads an encoder out: as it was pretrained. An encoder that saw tumour crops only (its
+    export records ``crop: tumour``, as SSL-Cerebral's does) is embedded on a tumour-centred box of its input
+    size (``tumour-crop``); the others with ``readout``."""
+    from umbif.models.io import pretraining_of
+
+    return CROP_READOUT if pretraining_of(encoder_dir).get("crop") == "tumour" else readout
 
 
 def probe_spec(
@@ -255,7 +258,7 @@ def method_specs(
             encoder = encoder.removesuffix(f"-{RANDOM}")
         if encoder not in encoders:
             raise ValueError(f"method {name} needs an encoder named {encoder!r}: add --encoder {encoder}=DIR")
-        read = readout_of(encoder, readout)
+        read = readout_of(encoders[encoder], readout)
         if control:
             specs.append(random_spec(encoders[encoder], adaptation, finetune_config, name, seed, read))
         elif adaptation == "probe":

@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -44,11 +46,14 @@ class LoadReport:
     unexpected: list[str]  # state-dict keys (as given) that match nothing in the module
 
 
-def save_encoder(encoder: UMBIFEncoder, config: ModelConfig, out_dir: str | Path) -> Path:
+def save_encoder(
+    encoder: UMBIFEncoder, config: ModelConfig, out_dir: str | Path, pretraining: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``encoder.safetensors`` and ``config.json`` (config, format, package versions) to ``out_dir``.
 
     Both files are written atomically; the config also travels in the safetensors metadata, so the
-    weights file alone can be loaded. Returns ``out_dir``.
+    weights file alone can be loaded. ``pretraining`` (e.g. ``{"crop": "tumour"}``: what the encoder saw)
+    is kept in ``config.json`` for :func:`pretraining_of`. Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
@@ -56,8 +61,20 @@ def save_encoder(encoder: UMBIFEncoder, config: ModelConfig, out_dir: str | Path
     with atomic_write(out_dir / ENCODER_FILE) as handle:
         handle.write(safetensors_bytes(state, metadata=metadata))
     card = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config.to_dict(), "versions": versions()}
+    if pretraining:
+        card["pretraining"] = dict(pretraining)
     write_json(out_dir / CONFIG_FILE, card)
     return out_dir
+
+
+def pretraining_of(encoder_dir: str | Path) -> dict[str, Any]:
+    """What an exported encoder's pretraining recorded about its inputs (``{}`` when nothing was, as for
+    encoders exported before this was kept, or a bare weights file)."""
+    config_file = Path(encoder_dir) / CONFIG_FILE
+    if not config_file.is_file():
+        return {}
+    card = _parse_json(config_file.read_text(errors="replace"), str(config_file))
+    return dict(card.get("pretraining", {})) if isinstance(card, dict) else {}
 
 
 def load_encoder(
@@ -226,6 +243,13 @@ def _refuse_pickle(path: Path) -> None:
         )
 
 
+def _parse_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source}: not valid JSON ({error}); the file is damaged, export the encoder again") from None
+
+
 def _stored_config(weights: Path, metadata: dict[str, str]) -> ModelConfig:
     config_file = weights.parent / CONFIG_FILE
     if config_file.is_file():
@@ -237,10 +261,7 @@ def _stored_config(weights: Path, metadata: dict[str, str]) -> ModelConfig:
             f"{weights}: no {CONFIG_FILE} beside it and no umbif_config in its metadata; "
             "pass config=ModelConfig(...) with the architecture the weights were trained with"
         )
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{source}: not valid JSON ({error}); the file is damaged, export the encoder again") from None
+    data = _parse_json(text, source)
     data = data.get("model", data) if isinstance(data, dict) else data
     try:
         return ModelConfig.model_validate(data)

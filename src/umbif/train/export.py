@@ -21,9 +21,11 @@ def export_encoder(run_dir: str | Path, out_dir: str | Path) -> tuple[Path, int]
     folder = resolve_checkpoint(run_dir)
     state = read_state(folder)
     try:
-        config = PretrainConfig.model_validate(state["config"]).model  # sizes checked before the model is built
+        pretrain = PretrainConfig.model_validate(state["config"])  # sizes checked before the model is built
     except ValueError as err:
         raise ValueError(f"{folder / 'state.json'}: not a pretraining config ({err})") from None
-    model = UMBIFPretrainer(config)
+    model = UMBIFPretrainer(pretrain.model)
     load_checkpoint(folder, model, restore_rng=False)
-    return save_encoder(model.encoder, config, out_dir), int(state["step"])
+    # how it saw the exams travels with it: an encoder of tumour crops is read out on one (eval.methods.readout_of)
+    seen = {"crop": pretrain.crop, "image_size": list(pretrain.model.image_size), "steps": int(state["step"])}
+    return save_encoder(model.encoder, pretrain.model, out_dir, pretraining=seen), int(state["step"])
