@@ -43,7 +43,8 @@ def population() -> dict:
     labels = cohort.sample_labels(site, PREVALENCE, rng)
     phenotype = cohort.sample_phenotype(labels, DEFAULT.strength, rng)
     posterior = cohort.oracle_posteriors(phenotype, PREVALENCE[site], DEFAULT.strength)
-    return {"site": site, "labels": labels, "phenotype": phenotype, "posterior": posterior}
+    with_age = cohort.oracle_posteriors(phenotype, PREVALENCE[site], DEFAULT.strength, seen=cohort.FEATURES)
+    return {"site": site, "labels": labels, "phenotype": phenotype, "posterior": posterior, "with_age": with_age}
 
 
 def _population_of(task: str, labels: pd.DataFrame) -> np.ndarray:
@@ -100,10 +101,15 @@ def test_oracle_posterior_is_calibrated(population: dict, task: str) -> None:
 
 
 @pytest.mark.parametrize("task", cohort.TASKS)
-def test_logistic_regression_does_not_beat_the_oracle(population: dict, task: str) -> None:
-    """A model fit on the latent features (and the site, which the oracle knows through the site's
-    prevalence) on one half cannot beat the Bayes posterior on the other half."""
-    labels, phenotype, posterior = population["labels"], population["phenotype"], population["posterior"]
+@pytest.mark.parametrize("knows_age", [False, True])
+def test_logistic_regression_does_not_beat_the_oracle(population: dict, task: str, knows_age: bool) -> None:
+    """A model fit on the latent features the oracle sees (and the site, which the oracle knows through the
+    site's prevalence) on one half cannot beat the Bayes posterior on the other half: the default oracle
+    without age (in no image, not in the manifest), and the oracle that also knows age."""
+    labels, phenotype = population["labels"], population["phenotype"]
+    posterior = population["with_age" if knows_age else "posterior"]
+    if not knows_age:
+        phenotype = phenotype.drop(columns=list(cohort.UNSEEN))
     keep = _population_of(task, labels)
     features = np.column_stack([phenotype.to_numpy(dtype=np.float64), np.eye(len(PREVALENCE))[population["site"]]])
     y = labels[cohort.INDICATORS[task]].to_numpy()
@@ -151,12 +157,13 @@ def test_without_associations_only_the_site_prior_is_left() -> None:
 
 
 def test_doubling_a_strength_makes_its_task_easier() -> None:
-    """Each association, at twice its default size, raises the oracle AUC of the task(s) its indicator
-    informs. Same seed for both runs (common random numbers), so the difference is not sampling noise:
-    the smallest rise, for idh_frontal, is about 0.004."""
-    base = cohort.expected_oracle_auc(PREVALENCE, {}, noise=0.0, n=10_000, seed=7)
+    """Each association, at twice its default size, raises the AUC of the oracle that sees every feature
+    (age too) on the task(s) its indicator informs. Same seed for both runs (common random numbers), so the
+    difference is not sampling noise: the smallest rise, for idh_frontal, is about 0.004."""
+    every = cohort.FEATURES
+    base = cohort.expected_oracle_auc(PREVALENCE, {}, noise=0.0, n=10_000, seed=7, seen=every)
     for name, association in cohort.ASSOCIATIONS.items():
-        doubled = cohort.expected_oracle_auc(PREVALENCE, {name: 2.0}, noise=0.0, n=10_000, seed=7)
+        doubled = cohort.expected_oracle_auc(PREVALENCE, {name: 2.0}, noise=0.0, n=10_000, seed=7, seen=every)
         for task in TASKS_OF[association.indicator]:
             assert doubled[task] > base[task] + 0.002, (name, task, base[task], doubled[task])
 
@@ -187,3 +194,22 @@ def test_observe_without_noise_is_the_truth() -> None:
         recorded = observed[task].notna().to_numpy()
         np.testing.assert_array_equal(observed[task].to_numpy()[recorded], labels[column].to_numpy()[recorded])
     np.testing.assert_array_equal(observed["codeletion_1p19q"].isna().to_numpy(), labels["idh_mut"].to_numpy() == 0)
+
+
+def test_the_oracle_sees_what_the_data_carry_and_not_age(population: dict) -> None:
+    """Broken promise: the oracle (the card's "best any model can reach") used age, which is in no image and
+    not in the manifest. Now age is marginalised out: the default posterior ignores it, matches the
+    with-age posterior when age carries nothing (idh_age at 0), and an unknown feature name is refused."""
+    phenotype, site = population["phenotype"].iloc[:2000], population["site"][:2000]
+    shuffled = phenotype.assign(age=np.random.default_rng(0).permutation(phenotype["age"].to_numpy()))
+    default = cohort.oracle_posteriors(phenotype, PREVALENCE[site], DEFAULT.strength)
+    pd.testing.assert_frame_equal(default, cohort.oracle_posteriors(shuffled, PREVALENCE[site], DEFAULT.strength))
+    no_age = {**DEFAULT.strength, "idh_age": 0.0}
+    pd.testing.assert_frame_equal(
+        cohort.oracle_posteriors(phenotype, PREVALENCE[site], no_age),
+        cohort.oracle_posteriors(phenotype, PREVALENCE[site], no_age, seen=cohort.FEATURES),
+    )
+    aged = cohort.oracle_posteriors(phenotype, PREVALENCE[site], DEFAULT.strength, seen=cohort.FEATURES)
+    assert not np.allclose(default["idh"], aged["idh"])  # age does inform IDH
+    with pytest.raises(ValueError, match="unknown latent features"):
+        cohort.oracle_posteriors(phenotype, PREVALENCE[site], DEFAULT.strength, seen=["age", "shoe_size"])

@@ -129,7 +129,7 @@ def test_rerun_resumes_and_refuses_other_settings(archive: Path, tmp_path: Path)
 
 def test_card_and_preview_are_written(archive: Path) -> None:
     card = json.loads((archive / "cohort_card.json").read_text())
-    assert set(card["oracle_auc"]) == set(cohort.TASKS)
+    assert set(card["oracle_auc"]) == set(cohort.TASKS) == set(card["oracle_auc_with_age"])
     assert all(0.8 <= v <= 0.96 for v in card["oracle_auc_expected"].values()), card["oracle_auc_expected"]
     assert set(card["associations"]) == set(cohort.ASSOCIATIONS)
     assert all(a["source"] for a in card["associations"].values())

@@ -10,13 +10,18 @@ Generative story per glioma patient (all draws vectorised over patients)::
 Every shift is one named :data:`ASSOCIATIONS` entry with its literature source; its size is
 multiplied by ``SynthConfig.strength[name]`` (default 1). No single feature decides a label, and
 because the features are conditionally independent given the labels, the exact posterior of each
-label given all features is a sum over the (at most 12) label configurations: that posterior is the
-oracle score, and its AUC against the observed labels is the best any model can reach on this
-cohort. :func:`oracle_posteriors` computes it; the cohort card stores the AUCs.
+label given the features is a sum over the (at most 12) label configurations. The oracle score is
+that posterior given what the data carry: every feature the images show, and the site (in the
+manifest). Age shifts IDH but is neither drawn into the images nor written to the manifest, so the
+oracle leaves it out (:data:`UNSEEN`; conditional independence makes leaving a feature out its exact
+marginalisation). Its AUC against the observed labels is the best any model can reach on this cohort.
+:func:`oracle_posteriors` computes it; the cohort card stores the AUCs, and those of the posterior that
+also knows age (``oracle_auc_with_age``), for reference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
 
@@ -143,6 +148,10 @@ P_MGMT_METH = {0: 0.45, 1: 0.85}  # by IDH status (Louis 2021; Mansouri 2019 Neu
 P_PROG = {0: 0.75, 1: 0.55}  # by MGMT status: pseudoprogression is commoner when methylated (Brandes 2008 JCO)
 
 
+# latent features in ground_truth.csv only: not rendered into any image, not in the manifest
+UNSEEN: tuple[str, ...] = ("age",)
+
+
 def _indicators(labels: pd.DataFrame) -> dict[str, np.ndarray]:
     idh, codel = labels["idh_mut"].to_numpy(), labels["codel"].to_numpy()
     return {
@@ -219,9 +228,13 @@ def _log_prior(config: pd.Series, p_idh: np.ndarray) -> np.ndarray:
 
 
 def oracle_posteriors(
-    phenotype: pd.DataFrame, p_idh: np.ndarray, strength: dict[str, float], codel_given_mutant: bool = True
+    phenotype: pd.DataFrame,
+    p_idh: np.ndarray,
+    strength: dict[str, float],
+    codel_given_mutant: bool = True,
+    seen: Iterable[str] | None = None,
 ) -> pd.DataFrame:
-    """Exact posterior probability of each task's positive class given all latent features.
+    """Exact posterior probability of each task's positive class given the latent features ``seen``.
 
     Args:
         phenotype: features as drawn by :func:`sample_phenotype` (exact except for age, clipped to
@@ -229,17 +242,23 @@ def oracle_posteriors(
         p_idh: IDH-mutant prevalence at each patient's site.
         strength: association strength multipliers (as used for sampling).
         codel_given_mutant: score 1p/19q among IDH-mutant tumours (the task's population).
+        seen: the features the posterior is given (default: all but :data:`UNSEEN`, what the data carry);
+            the others are marginalised out, exactly.
 
     Returns:
         One column per task with P(positive | features), in [0, 1].
     """
+    names = [n for n in FEATURES if n not in UNSEEN] if seen is None else list(seen)
+    unknown = sorted(set(names) - set(FEATURES))
+    if unknown:
+        raise ValueError(f"unknown latent features {unknown}; choose from {list(FEATURES)}")
     configs = _configurations()
     log_joint = np.empty((len(phenotype), len(configs)))
     for j, config in configs.iterrows():
         indicators = {k: np.full(len(phenotype), v) for k, v in _indicators(config.to_frame().T).items()}
         total = _log_prior(config, p_idh)
-        for name, feature in FEATURES.items():
-            loc = _location(name, indicators, strength)
+        for name in names:
+            feature, loc = FEATURES[name], _location(name, indicators, strength)
             value = phenotype[name].to_numpy(dtype=np.float64)
             if feature.kind == "normal":
                 total = total + norm.logpdf(value, loc, feature.sd)
@@ -274,12 +293,18 @@ def oracle_auc(observed: pd.DataFrame, posteriors: pd.DataFrame) -> dict[str, fl
 
 
 def expected_oracle_auc(
-    idh_prevalence: np.ndarray, strength: dict[str, float], noise: float, n: int = 40_000, seed: int = 0
+    idh_prevalence: np.ndarray,
+    strength: dict[str, float],
+    noise: float,
+    n: int = 40_000,
+    seed: int = 0,
+    seen: Iterable[str] | None = None,
 ) -> dict[str, float]:
-    """Population oracle AUC: the same model on ``n`` simulated patients spread evenly over the sites."""
+    """Population oracle AUC: the same model (given ``seen``, as :func:`oracle_posteriors`) on ``n`` simulated
+    patients spread evenly over the sites."""
     rng = np.random.default_rng(seed)
     sites = rng.integers(0, len(idh_prevalence), n)
     labels = sample_labels(sites, idh_prevalence, rng)
     phenotype = sample_phenotype(labels, strength, rng)
     observed = observe(labels, noise, rng)
-    return oracle_auc(observed, oracle_posteriors(phenotype, idh_prevalence[sites], strength))
+    return oracle_auc(observed, oracle_posteriors(phenotype, idh_prevalence[sites], strength, seen=seen))

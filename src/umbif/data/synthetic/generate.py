@@ -479,14 +479,19 @@ def cohort_card(config: SynthConfig, truth: pd.DataFrame, site_list) -> dict:
             }
             for task in cohort.TASKS
         }
+    site_prevalence = prevalence[patients["site"].map({s.name: i for i, s in enumerate(site_list)}).to_numpy()]
+    with_age = cohort.oracle_posteriors(patients, site_prevalence, config.strength, seen=cohort.FEATURES)
     return {
         "oracle_auc": _rounded(cohort.oracle_auc(observed, posteriors)),
         "oracle_auc_expected": _rounded(cohort.expected_oracle_auc(prevalence, config.strength, config.label_noise)),
+        "oracle_auc_with_age": _rounded(cohort.oracle_auc(observed, with_age)),
         "oracle_note": (
-            "oracle_auc: AUC of the exact posterior P(label | latent generating variables) against the "
-            "recorded labels of this cohort's patients (the best any model can reach here); null where it is "
-            "undefined (the cohort's patients hold one class of the task only, as in a small cohort); "
-            "oracle_auc_expected: the same on 40,000 simulated patients (the population value)."
+            "oracle_auc: AUC of the exact posterior P(label | site and the latent variables the images were "
+            "drawn from) against the recorded labels of this cohort's patients (the best any model can reach "
+            "here); null where it is undefined (the cohort's patients hold one class of the task only, as in a "
+            "small cohort); oracle_auc_expected: the same on 40,000 simulated patients (the population value); "
+            f"oracle_auc_with_age: the posterior that also knows {', '.join(cohort.UNSEEN)}, which shifts the "
+            "labels but is in neither the images nor the manifest (no model here can see it)."
         ),
         "counts": {
             "exams": len(truth),
@@ -536,15 +541,17 @@ def card_markdown(card: dict) -> str:
         "",
         "## Known difficulty (oracle ROC-AUC)",
         "",
-        "The oracle scores each patient with the exact posterior of the label given the latent variables "
-        "the images were generated from; no model can beat it on this cohort.",
+        "The oracle scores each patient with the exact posterior of the label given the site and the latent "
+        "variables the images were generated from; no model can beat it on this cohort. Age also shifts IDH "
+        "but is in neither the images nor the manifest; the oracle that knows it is in the last column.",
         "",
-        "| task | oracle AUC (this cohort) | oracle AUC (population) | labelled patients |",
-        "|---|---|---|---|",
+        "| task | oracle AUC (this cohort) | oracle AUC (population) | labelled patients | with age (this cohort) |",
+        "|---|---|---|---|---|",
     ]
     for task, value in card["oracle_auc"].items():
         here, population = (_auc_text(v) for v in (value, card["oracle_auc_expected"][task]))
-        lines.append(f"| {task} | {here} | {population} | {counts['labelled'][task]} |")
+        aged = _auc_text(card.get("oracle_auc_with_age", {}).get(task))
+        lines.append(f"| {task} | {here} | {population} | {counts['labelled'][task]} | {aged} |")
     lines += ["", "## Imaging-genotype associations", "", "| rule | feature | when | effect x strength | source |"]
     lines.append("|---|---|---|---|---|")
     for name, a in card["associations"].items():
