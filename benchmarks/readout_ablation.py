@@ -121,8 +121,22 @@ def main() -> None:
             results.append({"features": name, "dims": int(embeddings.values.shape[1]), "auc": aucs})
             cells = "  ".join(f"{task} {a['auc']:.2f}" for task, a in aucs.items())
             print(f"{name:24s} {embeddings.values.shape[1]:5d}  {cells}")
+    untrained = [r for r in results if r["features"].startswith("untrained")]
+    comparisons = [
+        {
+            "metric": f"{task} AUC, {row['features']}",
+            "ours": row["auc"][task]["auc"],
+            "reference": float(np.mean([u["auc"][task]["auc"] for u in untrained])),  # the untrained twins' mean
+            "difference": row["auc"][task]["auc"] - float(np.mean([u["auc"][task]["auc"] for u in untrained])),
+            "unit": "ROC-AUC",
+        }
+        for row in results
+        if untrained and not row["features"].startswith("untrained")
+        for task in row["auc"]
+    ]
     document = {
         "benchmark": "readout_ablation",
+        "comparisons": comparisons,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "readout": args.readout,
         "results": results,
