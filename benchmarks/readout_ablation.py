@@ -5,8 +5,8 @@ For every encoder given (``--encoder NAME=DIR``, exported by ``umbif export`` or
 untrained encoders of the first one's architecture (``--random-seeds``), the cached labelled exams are
 embedded with the library's readout (``umbif.adapt.embed.embed_exams``, default ``lesion``: core and
 oedema tokens plus CLS). ``--hand`` adds a row without an encoder: the mean and SD of each sequence in
-the core, enhancing, necrotic and oedema voxels, and the log volumes of those compartments (the bound of
-what the cached grid holds). Each row is scored the same way: standardised features, L2 logistic
+each compartment of the ``lesion-sizes`` baseline, and that baseline's log volumes (a bound on what
+simple measurements of the cached grid hold). Each row is scored the same way: standardised features, L2 logistic
 regression with balanced class weights at a fixed ``C``, repeated patient-level stratified 5-fold; a
 number is the mean over repeats of the pooled out-of-fold ROC-AUC. Outcome uses the library's pair
 features (baseline, follow-up, difference). Torch and BLAS threads are pinned (``--threads``) and recorded.
@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from umbif.adapt.embed import Embeddings, embed_exams
 from umbif.adapt.probe import sample_features
+from umbif.baselines.sizes import COMPARTMENT_LABELS, size_features
 from umbif.data.cache import Cache
 from umbif.data.datasets import CacheDataset
 from umbif.data.manifest import Manifest
@@ -41,13 +42,10 @@ from umbif.eval.methods import untrained_encoder
 from umbif.provenance import machine, versions
 from umbif.utils import write_json
 
-# BraTS labels of the compartments of the hand-made row
-HAND_COMPARTMENTS = {"core": (1, 4), "enhancing": (4,), "necrosis": (1,), "oedema": (2,)}
-
 
 def hand_features(cache: Cache, exam_ids: list[str]) -> Embeddings:
-    """Per exam: mean and SD of each present sequence in each compartment (NaN where absent or empty,
-    then the column mean), and the log(1 + voxels) of each compartment."""
+    """Per exam: mean and SD of each present sequence in each compartment of the ``lesion-sizes`` baseline
+    (NaN where absent or empty, then the column mean), then that baseline's log volumes."""
     dataset = CacheDataset(cache, exam_ids)
     rows = []
     for i, exam_id in enumerate(exam_ids):
@@ -55,15 +53,15 @@ def hand_features(cache: Cache, exam_ids: list[str]) -> Embeddings:
         image, present = np.asarray(item["image"], np.float32), np.asarray(item["present"], bool)
         seg = np.asarray(cache.load(exam_id, "masks"))[1]
         row = []
-        for labels in HAND_COMPARTMENTS.values():
+        for labels in COMPARTMENT_LABELS.values():
             inside = np.isin(seg, labels)
             for s in range(image.shape[0]):
                 values = image[s][inside] if present[s] else np.zeros(0)
                 row += [values.mean(), values.std()] if values.size else [np.nan, np.nan]
-        row += [np.log1p(np.isin(seg, labels).sum()) for labels in HAND_COMPARTMENTS.values()]
         rows.append(row)
     values = np.asarray(rows, np.float64)
     values = np.where(np.isnan(values), np.nanmean(values, axis=0), values)
+    values = np.hstack([values, size_features(cache, exam_ids).values])
     return Embeddings(tuple(exam_ids), values.astype(np.float32), key="hand")
 
 
@@ -122,12 +120,13 @@ def main() -> None:
             cells = "  ".join(f"{task} {a['auc']:.2f}" for task, a in aucs.items())
             print(f"{name:24s} {embeddings.values.shape[1]:5d}  {cells}")
     untrained = [r for r in results if r["features"].startswith("untrained")]
+    twins = {task: float(np.mean([u["auc"][task]["auc"] for u in untrained])) for task in cohort.samples}
     comparisons = [
         {
             "metric": f"{task} AUC, {row['features']}",
             "ours": row["auc"][task]["auc"],
-            "reference": float(np.mean([u["auc"][task]["auc"] for u in untrained])),  # the untrained twins' mean
-            "difference": row["auc"][task]["auc"] - float(np.mean([u["auc"][task]["auc"] for u in untrained])),
+            "reference": twins[task],  # the untrained twins' mean
+            "difference": row["auc"][task]["auc"] - twins[task],
             "unit": "ROC-AUC",
         }
         for row in results

@@ -21,7 +21,7 @@ from umbif.adapt.embed import Embeddings
 from umbif.data.cache import Cache
 
 SIZE_FEATURES: tuple[str, ...] = ("enhancing", "necrotic_core", "oedema", "core", "whole_tumour")
-_LABELS: dict[str, tuple[int, ...]] = {
+COMPARTMENT_LABELS: dict[str, tuple[int, ...]] = {  # BraTS labels of each of SIZE_FEATURES
     "enhancing": (4,),
     "necrotic_core": (1,),
     "oedema": (2,),
@@ -38,6 +38,7 @@ def size_features(cache: Cache, exam_ids: Sequence[str]) -> Embeddings:
     for exam_id in exam_ids:
         seg = np.asarray(cache.load(exam_id, "masks")[1])
         counts = np.bincount(seg.ravel(), minlength=5)
-        rows.append([math.log1p(ml_per_voxel * sum(int(counts[v]) for v in _LABELS[n])) for n in SIZE_FEATURES])
+        voxels = [sum(int(counts[v]) for v in COMPARTMENT_LABELS[n]) for n in SIZE_FEATURES]
+        rows.append([math.log1p(ml_per_voxel * v) for v in voxels])
     values = np.asarray(rows, dtype=np.float32).reshape(len(rows), len(SIZE_FEATURES))
     return Embeddings(tuple(exam_ids), values, "lesion-sizes")
